@@ -1,0 +1,142 @@
+"""Glue between typer and kdpipe: dataclass configs as flags, and errors as one-line messages.
+
+`config_command(app, TrainConfig)` turns every field of a config dataclass into a `--flag` (help
+text from the field's metadata) plus `--config FILE`; the decorated function receives the merged,
+type-checked dataclass. A flag the user did not type is `None` and leaves the file's value alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from kdpipe.config import merge, read_config_file
+from kdpipe.errors import KdpipeError
+from kdpipe.progress import console
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `error: message` and return the Exit to raise (no traceback ever reaches the user)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn `KdpipeError` into a message and exit 2, Ctrl-C into exit 130, in any command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdpipeError as e:
+            raise fail(str(e)) from None
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _cli_type(tp: Any) -> Any | None:
+    """The type typer should parse a field as (always optional), or None if config-file only."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _cli_type(inner[0]) if len(inner) == 1 else None
+    if origin is typing.Literal:
+        return Optional[str]  # noqa: UP045 - typer needs typing.Optional
+    if origin in (list, tuple):
+        return Optional[list[args[0]]] if args and args[0] in (int, float, str) else None  # noqa: UP045
+    if tp in (int, float, str, bool, Path):
+        return Optional[tp]  # noqa: UP045
+    return None
+
+
+def _flag_names(name: str, tp: Any) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if tp is bool:
+        return [f"{flag}/--no-{name.replace('_', '-')}"]
+    return [flag]
+
+
+def config_parameters(cls: type) -> list[inspect.Parameter]:
+    """One keyword-only `typer.Option(None)` parameter per CLI-able field of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        cli_tp = _cli_type(hints[f.name])
+        if cli_tp is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        extra = f" [default: {default}]" if default not in (None, "") else ""
+        option = typer.Option(
+            None,
+            *_flag_names(f.name, hints[f.name]),
+            help=f.metadata.get("help", "") + extra,
+            show_default=False,
+        )
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_tp
+            )
+        )
+    return params
+
+
+def config_command(
+    app: typer.Typer, cls: type, name: str | None = None, **command_kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(config: cls, **own_params)` as a command whose flags are `cls`'s fields."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        # Resolve string annotations (`from __future__ import annotations`): typer needs types.
+        hints = typing.get_type_hints(fn)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(fn).parameters.values()
+            if p.name != "config"
+        ]
+        field_params = config_parameters(cls)
+        field_names = {p.name for p in field_params}
+        config_param = inspect.Parameter(
+            "config_file",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Path],  # noqa: UP045
+            default=typer.Option(
+                None,
+                "--config",
+                help="TOML or YAML file with any of these options (flags override it)",
+            ),
+        )
+
+        @friendly_errors
+        def command(**kwargs: Any) -> Any:
+            config_file = kwargs.pop("config_file")
+            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in field_names}
+            file_values = read_config_file(config_file) if config_file else {}
+            config = merge(cls, file_values, overrides)
+            return fn(config, **kwargs)
+
+        positional = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        keyword = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in own
+            if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            positional + [config_param] + keyword + field_params
+        )
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        app.command(name or fn.__name__.replace("_", "-"), **command_kwargs)(command)
+        return fn
+
+    return decorate

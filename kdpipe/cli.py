@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from kdpipe.cliutil import config_command, friendly_errors
+from kdpipe.deploy.config import BenchConfig
+from kdpipe.export.config import ExportConfig, support_table
 from kdpipe.progress import console
 from kdpipe.train.config import TrainConfig
+from kdpipe.train.distill import DistillConfig
 
 app = typer.Typer(
     name="kdpipe",
@@ -39,6 +43,52 @@ def train(
         console.print(f"top-1 {summary['top1']:.2f}%  ->  {Path(config.out) / 'model.pt'}")
 
 
+@config_command(app, DistillConfig)
+def distill(
+    config: DistillConfig,
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --out (and its stage folders) where it stopped"
+    ),
+) -> None:
+    """Distill a teacher checkpoint into a student trained from random initialization.
+
+    KD loss = (1 - alpha) * CE(labels, student) + alpha * T^2 * KL(teacher_T || student_T).
+    Methods: kd, fitnets (hint stage, then KD), rkd, scratch, and sums such as kd+rkd.
+
+    Example: kdpipe distill --teacher-checkpoint ../shared/weights/resnet110-cifar10jpeg.th
+    --student resnet20 --method kd --temperature 4 --alpha 0.9 --out runs/kd
+    """
+    from kdpipe.train.distill import distill as run_distill
+
+    summary = run_distill(config, resume=resume)
+    console.print(
+        f"top-1 {summary['top1']:.2f}% ({summary['method']})  ->  {Path(config.out) / 'model.pt'}"
+    )
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    config: Path = typer.Argument(..., help="sweep file (TOML/YAML) with base and grid tables"),
+    out: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs typing.Optional
+        None, "--out", help="sweep folder (default: the file's out)"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells, run none"),
+) -> None:
+    """Run a grid of distill cells (resumable: finished cells are kept), then write the tables.
+
+    Example: kdpipe sweep configs/sweep-resnet.toml  (see kdpipe/train/sweep.py for the format)
+    """
+    from kdpipe.train.sweep import run_sweep
+
+    result = run_sweep(config, out=out, dry_run=dry_run)
+    if not dry_run:
+        console.print(
+            f"{len(result['ran'])} cells run, {len(result['skipped'])} already done; "
+            f"report: {result['files'].get('markdown', '(no finished cell)')}"
+        )
+
+
 @app.command("eval")
 @friendly_errors
 def eval_(
@@ -55,6 +105,102 @@ def eval_(
         checkpoint, data=data, limit_test=limit_test, device=device, download=download
     )
     console.print(f"top-1 {result['top1']:.2f}% on {result['n']} test images ({checkpoint})")
+
+
+@config_command(app, ExportConfig, epilog="Targets and --quantize:\n\n\b\n"
+                + escape(support_table()))
+def export(
+    config: ExportConfig,
+    checkpoint: Path = typer.Argument(..., help="kdpipe checkpoint or pytorch_resnet_cifar10 file"),
+) -> None:
+    """Export a checkpoint for devices; each artifact is checked against PyTorch in its runtime.
+
+    Writes each artifact with a `<artifact>.json` metadata sidecar into --out. The model's input
+    normalization is folded in: artifacts take RGB floats in [0, 1], NCHW. An artifact that fails
+    its parity check is not written, and the command exits non-zero.
+
+    Example: kdpipe export model.pt --target onnx --quantize none,int8 --out export/
+    """
+    from kdpipe.export import ExportFailed, print_results, run_export
+
+    try:
+        print_results(run_export(checkpoint, config))
+    except ExportFailed as e:
+        print_results(e.results)
+        raise
+
+
+@config_command(app, BenchConfig)
+def bench(
+    config: BenchConfig,
+    artifacts: list[Path] = typer.Argument(..., help="exported files and/or checkpoints"),
+    batch_sizes: Optional[str] = typer.Option(  # noqa: UP045 - typer needs typing.Optional
+        None, "--batch-sizes", help="comma-separated batch sizes to time [default: 1,32]"
+    ),
+) -> None:
+    """Accuracy, latency, throughput and memory of each file in its runtimes, in one report.
+
+    Example: kdpipe bench runs/export/resnet20.onnx runs/train/model.pt --batch-sizes 1,32
+    """
+    import dataclasses
+
+    from kdpipe.deploy import run_bench
+
+    if batch_sizes is not None:
+        config = dataclasses.replace(config, batch_sizes=batch_sizes)
+    _, files = run_bench(artifacts, config)
+    console.print("report: " + ", ".join(str(path) for path in files.values()))
+
+
+@app.command()
+@friendly_errors
+def deploy(
+    artifact: Path = typer.Argument(..., help="an exported file (.onnx, .pte, .pt, .mlpackage)"),
+    out: Path = typer.Option(..., "--out", help="folder to write the bundle into"),
+) -> None:
+    """Bundle an exported model for an app: the file, its metadata, labels and a usage snippet."""
+    from kdpipe.deploy import build_bundle
+
+    console.print(f"bundle: {build_bundle(artifact, out)}")
+
+
+@app.command("list")
+@friendly_errors
+def list_() -> None:
+    """Show the models, methods, export targets and runtimes, and what is installed."""
+    from rich.console import Console
+
+    from kdpipe.deploy import print_catalog
+
+    print_catalog(Console())
+
+
+@app.command()
+@friendly_errors
+def pipeline(
+    config: Optional[str] = typer.Argument(  # noqa: UP045
+        None, help="pipeline config file (TOML/YAML), or a shipped one: quickstart (default), full"
+    ),
+    out: Optional[str] = typer.Option(None, help="report folder [default: the config's]"),  # noqa: UP045
+    data: Optional[str] = typer.Option(None, help="data set [default: the config's]"),  # noqa: UP045
+    teacher_checkpoint: Optional[str] = typer.Option(None, help="teacher weights"),  # noqa: UP045
+    download: Optional[bool] = typer.Option(  # noqa: UP045
+        None, "--download", help="allow fetching CIFAR-10 and the config's teacher_url"
+    ),
+) -> None:
+    """Run distill -> export -> bench from one config and write one report (index.md).
+
+    Re-running skips the stages whose outputs are complete and match the config, so an
+    interrupted pipeline resumes where it stopped. Example: kdpipe pipeline (the quickstart).
+    """
+    from kdpipe.pipeline import load_pipeline_config, run_pipeline
+
+    settings = load_pipeline_config(
+        config,
+        {"out": out, "data": data, "teacher_checkpoint": teacher_checkpoint, "download": download},
+    )
+    index = run_pipeline(settings)
+    console.print(f"report: {index}")
 
 
 def main() -> None:

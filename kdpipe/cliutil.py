@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from kdpipe.config import merge, read_config_file
 from kdpipe.errors import KdpipeError
@@ -25,7 +26,7 @@ from kdpipe.progress import console
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `error: message` and return the Exit to raise (no traceback ever reaches the user)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -76,7 +77,7 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         if cli_tp is None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        extra = f" [default: {default}]" if default not in (None, "") else ""
+        extra = f" \\[default: {default}]" if default not in (None, "") else ""
         option = typer.Option(
             None,
             *_flag_names(f.name, hints[f.name]),

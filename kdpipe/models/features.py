@@ -38,8 +38,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def feature_layers(model: nn.Module) -> dict[str, str]:
-    """The taps a model declares (tap name -> module path); `{}` for a model that declares none."""
-    declared = getattr(type(unwrap_model(model)), "feature_layers", None)
+    """The taps a model declares (tap name -> module path); `{}` for a model that declares none.
+
+    Read from the instance, so a user's own `nn.Module` can name its layers without subclassing:
+    `model.feature_layers = {"stage1": "block1", "stage2": "block2", "embedding": "pool"}`.
+    """
+    declared = getattr(unwrap_model(model), "feature_layers", None)
     return dict(declared) if isinstance(declared, Mapping) else {}
 
 

@@ -1,0 +1,121 @@
+"""`kdpipe deploy`: a folder with everything an app needs for one exported artifact.
+
+    out/
+      model.onnx          the artifact (a folder for .mlpackage)
+      model.onnx.json     its metadata (classes, input, preprocessing, quantization, ...)
+      labels.txt          class names, line i = output i
+      predict.py          the usage snippet (Classify.swift for Core ML)
+      README.md           what the files are, the input the model expects, and the snippet
+
+The folder is built beside `out` and renamed into place, so an app never picks up half a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from kdpipe.atomic import atomic_path
+from kdpipe.deploy.artifact import CHECKPOINT, Artifact, open_artifact, sidecar_path
+from kdpipe.deploy.runtimes import Runtime, runtimes_for
+from kdpipe.errors import KdpipeError
+
+SNIPPET_FILES = {"python": "predict.py", "swift": "Classify.swift"}
+MARKER = "labels.txt"  # every bundle has it; a folder without it is not ours to replace
+
+
+def build_bundle(path: str | Path, out: str | Path) -> Path:
+    """Bundle the artifact at `path` into the folder `out` (replacing an earlier bundle there)."""
+    artifact = open_artifact(path)
+    runtime = snippet_runtime(artifact)
+    out = Path(out)
+    _check_replaceable(out)
+    snippet = runtime.snippet(artifact) or ""
+    snippet_file = SNIPPET_FILES[runtime.snippet_language]
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        _copy(artifact.path, tmp / artifact.name)
+        _write_metadata(artifact, tmp / sidecar_path(Path(artifact.name)).name)
+        (tmp / "labels.txt").write_text("\n".join(artifact.classes) + "\n", encoding="utf-8")
+        (tmp / snippet_file).write_text(snippet, encoding="utf-8")
+        (tmp / "README.md").write_text(readme(artifact, runtime, snippet, snippet_file),
+                                       encoding="utf-8")
+    return out
+
+
+def snippet_runtime(artifact: Artifact) -> Runtime:
+    """The runtime an app would use for this format: the first one that has a usage snippet."""
+    if artifact.format == CHECKPOINT:
+        raise KdpipeError(f"{artifact.path} is a training checkpoint, not an app artifact; export "
+                          "it first (kdpipe export), then deploy the exported file")
+    for runtime in runtimes_for(artifact):
+        if runtime.snippet(artifact) is not None:
+            return runtime
+    raise KdpipeError(f"no runtime has a usage snippet for {artifact.format} files")
+
+
+def readme(artifact: Artifact, runtime: Runtime, snippet: str, snippet_file: str) -> str:
+    """The bundle's README: files, input contract, output, and the snippet."""
+    c, h, w = artifact.input_shape
+    batches = (f"batch sizes {list(artifact.batch_sizes)} only" if artifact.batch_sizes
+               else "any batch size" + (f" up to {artifact.max_batch_size}"
+                                        if artifact.max_batch_size else ""))
+    if artifact.mean is None:
+        prep = "normalization is folded into the model: pass plain [0, 1] pixels, no mean/std"
+    else:
+        prep = (f"then normalize per channel: (x - mean) / std with mean {list(artifact.mean)}, "
+                f"std {list(artifact.std or ())}")
+    language = runtime.snippet_language
+    run_hint = (f"`python {snippet_file} image.jpg` prints the label (needs numpy, Pillow and "
+                f"{runtime.package})" if language == "python"
+                else f"add {artifact.name} and labels.txt to the Xcode target; call "
+                     "`classify(image)` from your app")
+    return f"""# {artifact.model or artifact.path.stem} for {runtime.name}
+
+| file | what |
+|---|---|
+| `{artifact.name}` | the model: {artifact.format}, {artifact.quantization} |
+| `{sidecar_path(Path(artifact.name)).name}` | its metadata (classes, input, preprocessing) |
+| `labels.txt` | the {len(artifact.classes)} class names; line i is output i |
+| `{snippet_file}` | the usage example below |
+
+**Input**: float32 RGB, NCHW, shape [N, {c}, {h}, {w}] ({batches}). Resize the image to
+{w}x{h}, scale pixels to [0, 1]; {prep}.
+
+**Output**: logits [N, {len(artifact.classes)}]; the argmax is the index of the label in
+`labels.txt`.
+
+## Usage ({language})
+
+{run_hint}.
+
+```{language}
+{snippet.rstrip()}
+```
+"""
+
+
+def _write_metadata(artifact: Artifact, dest: Path) -> None:
+    """The sidecar as export wrote it; else (metadata embedded in the file) as read."""
+    if sidecar_path(artifact.path).is_file():
+        shutil.copy2(sidecar_path(artifact.path), dest)
+    else:
+        dest.write_text(json.dumps(artifact.metadata, indent=2, default=str) + "\n",
+                        encoding="utf-8")
+
+
+def _copy(src: Path, dest: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dest)
+    else:
+        shutil.copy2(src, dest)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a folder that holds something other than an earlier bundle."""
+    if out.is_file():
+        raise KdpipeError(f"--out {out} is a file; pass a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise KdpipeError(f"--out {out} is a folder that is not a kdpipe bundle; choose an empty "
+                          "or new folder (kdpipe replaces the whole folder)")

@@ -1,0 +1,336 @@
+"""`export_checkpoint`: checkpoint -> checked artifacts + metadata, for the CLI and the pipeline.
+
+For each (target, quantization) job: wrap the model with its normalization, export into a
+staging folder inside `out`, run the artifact in its own runtime on stratified test images
+(the parity check), and only then move it to `out` with its JSON sidecar. A failing artifact is
+deleted, never published; the run goes on with the other jobs and then raises `ExportFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+import kdpipe
+from kdpipe.atomic import atomic_path, write_json
+from kdpipe.config import from_dict
+from kdpipe.errors import KdpipeError
+from kdpipe.export.base import PRECISION, Calibration, Exported, Normalized, Target, with_io
+from kdpipe.export.config import ExportConfig, Job, parse_batch_sizes, plan
+from kdpipe.export.metadata import (
+    ArtifactMetadata,
+    ParityReport,
+    artifact_sha256,
+    path_size,
+    sidecar_path,
+)
+from kdpipe.export.parity import check_parity
+from kdpipe.progress import console
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "failed", "skipped"]
+REFERENCE_BATCH = 500
+
+
+@dataclass
+class ExportResult:
+    """One artifact (or one skipped or failed job): where it is, and its full metadata."""
+
+    target: str
+    quantize: str
+    status: Status
+    path: Path | None = None
+    metadata: ArtifactMetadata | None = None
+    reason: str = ""
+
+    @property
+    def parity(self) -> ParityReport | None:
+        return self.metadata.parity if self.metadata else None
+
+
+class ExportFailed(KdpipeError):
+    """Some artifact failed its export or parity check; `results` holds every job's outcome."""
+
+    def __init__(self, results: list[ExportResult]) -> None:
+        self.results = results
+        failed = [r for r in results if r.status == "failed"]
+        lines = "; ".join(f"{r.target} {r.quantize}: {r.reason}" for r in failed)
+        super().__init__(f"{len(failed)} export(s) failed and were not written: {lines}")
+
+
+@dataclass
+class ParitySet:
+    """The parity images (float32 NCHW in [0, 1]), their labels and the PyTorch logits."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    data: str
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    target: str = "all",
+    quantize: str | None = None,
+    out_dir: str | os.PathLike[str] = "export",
+    *,
+    dataset: Any = None,
+    **options: Any,
+) -> list[ExportResult]:
+    """Export `checkpoint` to `target` (a name, a comma list, or "all") at `quantize`.
+
+    `options` are the other `ExportConfig` fields (batch_sizes="1,32", calibration_size=512,
+    parity_size=1000, parity=True, calibration_data=None, name=None, seed=0, download=False).
+    `dataset` may be an in-memory `kdpipe.data.Dataset` instead of `calibration_data`.
+    Raises `KdpipeError` before any work for an impossible request, and `ExportFailed` after
+    the run when an artifact failed (nothing is written for it).
+    """
+    values = {"target": target, "quantize": quantize, "out": str(out_dir), **options}
+    return run_export(checkpoint, from_dict(ExportConfig, values), dataset=dataset)
+
+
+def run_export(checkpoint: str | os.PathLike[str], config: ExportConfig,
+               dataset: Any = None) -> list[ExportResult]:
+    """`export_checkpoint` with a ready `ExportConfig` (what `kdpipe export` calls)."""
+    from kdpipe.models import checkpoint_meta, load_checkpoint
+
+    jobs, skipped = plan(config)
+    batch_sizes = parse_batch_sizes(config.batch_sizes)
+    results = [ExportResult(t, q, "skipped", reason=why) for t, q, why in skipped]
+    for r in results:
+        console.print(f"skipped {r.target} {r.quantize}: {r.reason}", highlight=False)
+    model = load_checkpoint(checkpoint)
+    meta = checkpoint_meta(model)
+    wrapped = Normalized(model, meta.mean, meta.std).eval()
+    base = base_metadata(checkpoint, model, meta)
+    needs_calibration = any(job.target.needs_calibration(job.quantize) for job in jobs)
+    ds = _dataset(config, meta, dataset) if config.parity or needs_calibration else None
+    test = _test_images(ds, wrapped, config) if config.parity else None
+    calibration = _calibration(ds, config) if needs_calibration else None
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = config.name or meta.model
+    for job in jobs:
+        results += _run_job(job, wrapped, base, test, calibration, out, stem, batch_sizes)
+    if any(r.status == "failed" for r in results):
+        raise ExportFailed(results)
+    return results
+
+
+def base_metadata(checkpoint: str | os.PathLike[str], model: nn.Module,
+                  meta: Any) -> ArtifactMetadata:
+    """What every artifact of this checkpoint shares (target fields are filled per job)."""
+    from kdpipe.models import count_macs, count_params
+
+    return ArtifactMetadata(
+        format="", runtime="", quantization="", classes=list(meta.classes), input_name="",
+        output_name="", input_shape=list(meta.input_shape), input_shape_batched=[],
+        model=meta.model, num_classes=len(meta.classes), mean=list(meta.mean),
+        std=list(meta.std), model_kwargs=dict(meta.model_kwargs), params=count_params(model),
+        macs=count_macs(model, (1, *meta.input_shape)), source_checkpoint=str(checkpoint),
+        source_sha256=meta.source_sha256, source_format=meta.format,
+        kdpipe_version=kdpipe.__version__,
+    )
+
+
+def artifact_name(stem: str, precision: str, suffix: str) -> str:
+    """`resnet20.onnx` for fp32, `resnet20.int8.onnx` otherwise."""
+    return f"{stem}{suffix}" if precision == "fp32" else f"{stem}.{precision}{suffix}"
+
+
+def _run_job(job: Job, model: nn.Module, base: ArtifactMetadata, test: ParitySet | None,
+             calibration: Calibration | None, out: Path, stem: str,
+             batch_sizes: list[int]) -> list[ExportResult]:
+    target, quantize = job.target, job.quantize
+    precision = PRECISION[quantize]
+    uses_calibration = target.needs_calibration(quantize)
+    meta = replace(base, format=target.name, runtime=target.runtime, quantization=precision,
+                   calibration=calibration.describe() if uses_calibration else None,
+                   versions=_versions(target),
+                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    console.print(f"{target.name} {precision}: exporting", highlight=False)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        try:
+            exported = target.export(model, meta, quantize, calibration if uses_calibration
+                                     else None, staging / artifact_name(stem, precision,
+                                                                        target.suffix),
+                                     batch_sizes)
+        except Exception as e:  # noqa: BLE001 - one target's failure must not stop the others
+            log.exception("export to %s failed", target.name)
+            return [ExportResult(target.name, quantize, "failed",
+                                 reason=f"export failed: {type(e).__name__}: {e}")]
+        return [_check_and_publish(target, quantize, item, meta, test, out, batch_sizes)
+                for item in exported]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_and_publish(target: Target, quantize: str, exported: Exported,
+                       meta: ArtifactMetadata, test: ParitySet | None, out: Path,
+                       batch_sizes: list[int]) -> ExportResult:
+    """Parity-check one staged file; publish it with its sidecar if it passes."""
+    full = with_io(meta, exported)
+    parity = _parity(target, exported, full.quantization, test, batch_sizes)
+    _print_parity(exported.path.name, parity)
+    if parity.passed is False:
+        return ExportResult(target.name, quantize, "failed", metadata=replace(full, parity=parity),
+                            reason=f"{exported.path.name}: parity failed: {parity.reason}")
+    notes = full.notes + ([f"numerical parity not checked: {parity.reason}"]
+                          if not parity.checked else [])
+    dest = out / exported.path.name
+    full = replace(full, file=dest.name, size_bytes=path_size(exported.path),
+                   sha256=artifact_sha256(exported.path), parity=parity, notes=notes)
+    with atomic_path(dest) as tmp:
+        os.replace(exported.path, tmp)
+    write_json(sidecar_path(dest), full.to_dict())
+    console.print(f"  -> {dest} ({full.size_bytes / 1e6:.3f} MB)", highlight=False)
+    return ExportResult(target.name, quantize, "ok", path=dest, metadata=full)
+
+
+def _parity(target: Target, exported: Exported, precision: str, test: ParitySet | None,
+            batch_sizes: list[int]) -> ParityReport:
+    if test is None:
+        return ParityReport.not_checked("skipped with --no-parity")
+    try:
+        runner = target.runner(exported)
+    except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails the check
+        return ParityReport(checked=True, passed=False,
+                            reason=f"its runtime cannot load it: {type(e).__name__}: {e}")
+    return check_parity(runner, exported, test.images, test.labels, test.reference, precision,
+                        batch_sizes, data=test.data)
+
+
+def _print_parity(name: str, p: ParityReport) -> None:
+    if not p.checked:
+        console.print(f"  {name}: parity not checked: {p.reason}", highlight=False)
+        return
+    if p.max_abs_logit_diff is None:
+        console.print(f"  {name}: parity FAILED: {p.reason}", highlight=False)
+        return
+    verdict = "ok" if p.passed else f"FAILED: {p.reason}"
+    console.print(
+        f"  {name}: parity on N={p.n} test images: max |diff| {p.max_abs_logit_diff:.3g} "
+        f"({p.compared}), top-1 agreement {p.top1_agreement:.2f}%, top-1 PyTorch "
+        f"{p.pytorch_top1:.2f}% vs artifact {p.artifact_top1:.2f}% ({p.rule}): {verdict}",
+        highlight=False,
+    )
+
+
+def _dataset(config: ExportConfig, meta: Any, dataset: Any) -> Any:
+    """The data set for calibration and parity, checked against the checkpoint."""
+    from kdpipe.data import default_data_path, load_dataset
+
+    if dataset is None:
+        path = config.calibration_data or default_data_path()
+        if path is None and not config.download:
+            raise KdpipeError(
+                "no data for the parity check and int8 calibration: pass --calibration-data PATH "
+                "(an ImageFolder tree with train/ and test/, a .tar.gz of one, or a "
+                "cifar-10-batches-py folder) or --download; fp32/fp16 exports can skip the check "
+                "with --no-parity"
+            )
+        dataset = load_dataset(path, download=config.download)
+    if list(dataset.classes) != list(meta.classes):
+        raise KdpipeError(f"the checkpoint's classes {list(meta.classes)} differ from the data "
+                          f"set's {list(dataset.classes)}; pass its own data with "
+                          "--calibration-data")
+    if list(dataset.test_images.shape[1:]) != list(meta.input_shape):
+        raise KdpipeError(f"the checkpoint expects images of shape {list(meta.input_shape)}, the "
+                          f"data set has {list(dataset.test_images.shape[1:])}")
+    return dataset
+
+
+def _test_images(dataset: Any, model: nn.Module, config: ExportConfig) -> ParitySet:
+    from kdpipe.data import subset
+
+    part = subset(dataset, limit_test=config.parity_size, seed=config.seed)
+    images = _as_unit_floats(part.test_images)
+    console.print(f"parity check: N={len(images)} test images (stratified) from "
+                  f"{dataset.source}", highlight=False)
+    return ParitySet(images=images, labels=part.test_labels.numpy(),
+                      reference=_logits(model, images), data=f"{dataset.source} test split")
+
+
+def _calibration(dataset: Any, config: ExportConfig) -> Calibration:
+    from kdpipe.data import subset
+
+    part = subset(dataset, limit_train=config.calibration_size, seed=config.seed)
+    return Calibration(images=_as_unit_floats(part.train_images),
+                       data=f"{dataset.source} train split", seed=config.seed)
+
+
+def _as_unit_floats(images_uint8: torch.Tensor) -> np.ndarray:
+    """uint8 images -> float32 in [0, 1]: the folded model's input (its own preprocessing)."""
+    return np.ascontiguousarray((images_uint8.float() / 255).numpy())
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    chunks = [model(torch.from_numpy(images[i:i + REFERENCE_BATCH]))
+              for i in range(0, len(images), REFERENCE_BATCH)]
+    return torch.cat(chunks).float().numpy()
+
+
+def _versions(target: Target) -> dict[str, str]:
+    """The exporting libraries' versions, for the metadata."""
+    versions = {}
+    for name in ("torch", *target.libraries):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def read_embedded_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The metadata stored inside an artifact (None for formats without a place, `.pte`)."""
+    from kdpipe.export.targets import TARGETS
+
+    path = Path(path)
+    for name in TARGETS.names():
+        target = TARGETS.get(name)
+        if path.name.endswith(target.suffix):
+            return target.read_embedded(path)
+    suffixes = ", ".join(TARGETS.get(n).suffix for n in TARGETS.names())
+    raise KdpipeError(f"{path} is not an export artifact (kdpipe writes {suffixes})")
+
+
+def print_results(results: list[ExportResult]) -> None:
+    """A table of the run (one row per artifact, skipped or failed job), then the reasons."""
+    from rich import box
+    from rich.table import Table
+
+    # Narrow headers: logs and CI render at 80 columns. diff = max |artifact - PyTorch| over the
+    # N parity images; agree = top-1 agreement; top1 = the artifact's and PyTorch's accuracy.
+    table = Table("artifact", "status", "MB", "N", "diff", "agree%", "top1%", "torch%",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    table.columns[0].no_wrap = True
+    reasons = []
+    for r in results:
+        name = r.path.name if r.path else f"{r.target} {r.quantize}"
+        meta, p = r.metadata, r.parity
+        numbers = ["", "", "", "", ""]
+        if p is not None and p.checked and p.max_abs_logit_diff is not None:
+            numbers = [str(p.n), f"{p.max_abs_logit_diff:.1e}", f"{p.top1_agreement:.2f}",
+                       f"{p.artifact_top1:.2f}", f"{p.pytorch_top1:.2f}"]
+        size = f"{meta.size_bytes / 1e6:.3f}" if meta and meta.size_bytes else ""
+        table.add_row(name, r.status, size, *numbers)
+        why = r.reason or (p.reason if p else "")
+        if why:
+            reasons.append(f"{name}: {why}")
+    console.print(table)
+    for line in reasons:
+        console.print(line, highlight=False, markup=False)

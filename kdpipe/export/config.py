@@ -1,0 +1,129 @@
+"""`ExportConfig`, filled by `kdpipe export` flags and config files, and the plan it makes.
+
+`plan(config)` turns the requested targets and quantizations into (target, quantize) jobs and
+refuses, in one message and before any work, an unknown name, an unsupported combination or a
+missing optional package. With `--target all` those are skipped with the reason instead, so
+`all` means "everything this installation can export".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdpipe.config import option
+from kdpipe.errors import KdpipeError
+from kdpipe.export.base import QUANTIZE_CHOICES, Target
+from kdpipe.export.targets import TARGETS
+
+ALL = "all"
+
+
+@dataclass
+class ExportConfig:
+    """Everything that decides an export run (the checkpoint is the command's argument)."""
+
+    target: str = option(ALL, "torchscript, onnx, coreml, executorch, a comma-separated list, "
+                              "or all (all: skip what is unsupported or not installed)")
+    quantize: str | None = option(None, "none, fp16 or int8, or a comma-separated list "
+                                        "(default: each target's own: none, or fp16 for coreml)")
+    out: Path = option(Path("export"), "folder for the artifacts and their .json metadata")
+    name: str | None = option(None, "file name stem of the artifacts (default: the model name)")
+    batch_sizes: str = option("1,32", "comma-separated batch sizes the artifacts must run: one "
+                                      "dynamic batch dimension where the format allows, else one "
+                                      "file per size")
+    calibration_data: str | None = option(
+        None, "data set whose train split calibrates int8 and whose test split checks parity: "
+              "ImageFolder tree, .tar(.gz) of one, or cifar-10-batches-py folder "
+              "(default: ../shared/datasets/cifar10-images.tar.gz if present)")
+    download: bool = option(False, "let torchvision download CIFAR-10 (needs internet)")
+    calibration_size: int = option(512, "training images (stratified) that calibrate int8")
+    parity_size: int = option(1000, "test images (stratified) of the parity check")
+    parity: bool = option(True, "check every artifact against PyTorch in its own runtime "
+                                "(--no-parity skips it; the metadata then says so)")
+    seed: int = option(0, "seed of the stratified calibration and parity subsets")
+
+
+@dataclass(frozen=True)
+class Job:
+    target: Target
+    quantize: str
+
+
+def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
+    """(jobs to run, [(target, quantize, why skipped)]); raises `KdpipeError` before any work."""
+    names = _split(config.target, "--target")
+    everything = names == [ALL]
+    unknown = [n for n in names if n not in TARGETS and not everything]
+    if unknown:
+        raise KdpipeError(f"unknown export target {', '.join(map(repr, unknown))}; choose from "
+                          f"{', '.join(TARGETS.names())}, or all")
+    targets = [TARGETS.get(n) for n in (TARGETS.names() if everything else names)]
+    requested = _quantizations(config.quantize)
+    jobs, skipped, refusals = [], [], []
+    for target in targets:
+        ok, missing = target.available()
+        for quantize in requested or [target.default_quantize]:
+            why = missing if not ok else target.refusal(quantize)
+            if why is None:
+                jobs.append(Job(target, quantize))
+            elif everything:
+                skipped.append((target.name, quantize, why))
+            elif why not in refusals:
+                refusals.append(why)
+    if refusals:
+        raise KdpipeError("; ".join(refusals))
+    if not jobs:
+        reasons = "; ".join(why for _, _, why in skipped)
+        raise KdpipeError(f"nothing to export: {reasons}")
+    check_sizes(config)
+    return jobs, skipped
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """"1,32" -> [1, 32]; positive integers only."""
+    try:
+        sizes = [int(part) for part in _split(text, "--batch-sizes")]
+    except ValueError:
+        raise KdpipeError(
+            f"--batch-sizes takes comma-separated integers like 1,32; got {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise KdpipeError(f"--batch-sizes must be positive; got {text!r}")
+    return sorted(set(sizes))
+
+
+def check_sizes(config: ExportConfig) -> None:
+    parse_batch_sizes(config.batch_sizes)
+    for flag, value in (("--calibration-size", config.calibration_size),
+                        ("--parity-size", config.parity_size)):
+        if value < 1:
+            raise KdpipeError(f"{flag} must be at least 1, got {value}")
+
+
+def _quantizations(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    values = _split(text, "--quantize")
+    unknown = [v for v in values if v not in QUANTIZE_CHOICES]
+    if unknown:
+        raise KdpipeError(f"unknown --quantize {', '.join(unknown)}; "
+                          f"choose from {', '.join(QUANTIZE_CHOICES)}")
+    return values
+
+
+def _split(text: str, flag: str) -> list[str]:
+    values = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not values:
+        raise KdpipeError(f"{flag} is empty")
+    return values
+
+
+def support_table() -> str:
+    """Which target supports which --quantize value, and what it needs (a Markdown table)."""
+    rows = ["| target | file | none | fp16 | int8 | needs |", "|---|---|---|---|---|---|"]
+    for name in TARGETS.names():
+        target = TARGETS.get(name)
+        cells = [target.quantizations.get(q, "-") for q in QUANTIZE_CHOICES]
+        needs = f"pip install 'kdpipe[{target.extra}]'" if target.extra else "(core)"
+        rows.append(f"| {name} | {target.suffix} | {' | '.join(cells)} | {needs} |")
+    return "\n".join(rows)

@@ -1,0 +1,240 @@
+"""The artifact metadata schema, version 1: what bench, deploy and an app need to use an export.
+
+Every artifact `X` that `kdpipe export` writes gets a JSON sidecar `X.json` holding one
+`ArtifactMetadata` (below). Formats with a place for metadata carry a copy inside too: ONNX
+`metadata_props["kdpipe"]`, Core ML `user_defined_metadata["kdpipe"]`, TorchScript
+`_extra_files["kdpipe.json"]` (the archive's `extra/kdpipe.json`). ExecuTorch `.pte` files have
+no such place: their sidecar is the only copy.
+
+The embedded copy is written together with the model, before the file exists and before the
+parity check runs, so it leaves out what only the finished file knows: `file`, `size_bytes`,
+`sha256` are empty and `parity` is absent. The sidecar is the complete record.
+
+This module imports only the standard library and `kdpipe.errors`, so a reader (the bench
+stage's memory-measuring subprocess, an app's build script) pays for neither PyTorch nor kdpipe's
+models. Fields are added only together with a new `schema_version`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdpipe.errors import KdpipeError
+
+SCHEMA_VERSION = 1
+KIND = "kdpipe.artifact"
+EMBEDDED_KEY = "kdpipe"  # ONNX metadata_props / Core ML user_defined_metadata key
+TORCHSCRIPT_EXTRA = "kdpipe.json"  # TorchScript _extra_files entry
+
+
+@dataclass
+class ParityReport:
+    """How closely the artifact, run in its own runtime, matches the PyTorch model.
+
+    - `checked`: whether the artifact was run at all; when false, `reason` says why (e.g.
+      "Core ML prediction needs macOS") and the numbers are None.
+    - `n`: test images compared (stratified from the data set's test split).
+    - `data`: where those images came from.
+    - `compared`: `logits`, or `log_probabilities` for an artifact whose output is probabilities
+      (a Core ML classifier); the PyTorch side is put through the same function.
+    - `max_abs_logit_diff`: max over images and classes of |artifact - PyTorch|.
+    - `top1_agreement`: percent of images whose top-1 class is the same in both.
+    - `pytorch_top1`, `artifact_top1`: top-1 accuracy in percent of each on those images.
+    - `batch_sizes_run`: the batch sizes the artifact was called with during the check.
+    - `rule`: the criterion applied: FP32 artifacts agree on >= 99.9% of top-1s; quantized ones
+      (fp16, int8) lose at most 1 point of top-1 accuracy.
+    - `passed`: the rule held (None when not checked).
+    - `reason`: why it failed or was not checked; empty otherwise.
+    """
+
+    checked: bool
+    n: int = 0
+    data: str = ""
+    compared: str = "logits"
+    max_abs_logit_diff: float | None = None
+    top1_agreement: float | None = None
+    pytorch_top1: float | None = None
+    artifact_top1: float | None = None
+    batch_sizes_run: list[int] = field(default_factory=list)
+    rule: str = ""
+    passed: bool | None = None
+    reason: str = ""
+
+    @classmethod
+    def not_checked(cls, reason: str) -> ParityReport:
+        return cls(checked=False, reason=reason)
+
+
+@dataclass
+class ArtifactMetadata:
+    """One exported model file (or `.mlpackage` folder), described for whoever runs it.
+
+    Identity
+    - `schema_version` (1), `kind` ("kdpipe.artifact").
+    - `format`: the export target: `onnx`, `torchscript`, `coreml` or `executorch`.
+    - `runtime`: what runs it: `onnxruntime`, `torch.jit`, `coreml`, `executorch+xnnpack`.
+    - `quantization`: the artifact's numbers: `fp32`, `fp16` or `int8`;
+      `quantization_detail` says how (e.g. static QDQ, per-channel weights, calibration).
+    - `file`: the artifact's file name; `size_bytes`: bytes on disk (a folder's total);
+      `sha256`: `artifact_sha256` of it (for a folder, over its files: see that function).
+
+    Input (normalization is folded into the model: feed RGB floats in [0, 1], no mean/std)
+    - `input_name`: the input's name where the format names inputs (ONNX, Core ML); TorchScript
+      and ExecuTorch take it positionally. `input_dtype` ("float32"), `input_layout` ("NCHW"),
+      `color_order` ("RGB"), `input_range` ([0.0, 1.0]).
+    - `input_shape`: one image, [C, H, W], e.g. [3, 32, 32].
+    - `input_shape_batched`: the model's input with its batch dimension: ["batch", 3, 32, 32]
+      when the batch is dynamic, else e.g. [32, 3, 32, 32].
+    - `dynamic_batch`: whether the batch dimension is dynamic; `batch_sizes`: None when it is,
+      else the only batch sizes the file runs (one); `max_batch_size`: the largest batch a dynamic
+      dimension accepts where the format needs a bound (ExecuTorch), else None.
+    - `normalization_folded` (true): the model computes `(x - mean) / std` itself; `mean`,
+      `std` are recorded for information only.
+
+    Output
+    - `output_name`; `output_kind`: `logits` or `probabilities` (a Core ML classifier, whose
+      probabilities are a dict keyed by class name); `label_output_name`: the output holding the
+      predicted class name where the format has one (Core ML `classLabel`), else None.
+    - `classes`: class names in output order; `num_classes`.
+
+    Source
+    - `model`, `model_kwargs`: the registry name and arguments; `params`: parameter count;
+      `macs`: multiply-accumulates per image.
+    - `source_checkpoint`: the checkpoint path as given; `source_sha256`: its sha256;
+      `source_format`: `kdpipe` or `pytorch_resnet_cifar10`.
+    - `calibration`: for calibrated int8, {"data", "split", "n", "seed"}; else None.
+
+    Checks and provenance
+    - `parity`: a `ParityReport` (None only in the embedded copy).
+    - `details`: target-specific facts (ONNX opset, Core ML spec summary and deployment target,
+      ExecuTorch delegate, ...). `notes`: sentences a user should read (what was not possible).
+    - `versions`: the exporting libraries' versions; `kdpipe_version`; `created`: ISO 8601 UTC.
+    """
+
+    format: str
+    runtime: str
+    quantization: str
+    classes: list[str]
+    input_name: str
+    output_name: str
+    input_shape: list[int]
+    input_shape_batched: list[int | str]
+    model: str
+    schema_version: int = SCHEMA_VERSION
+    kind: str = KIND
+    quantization_detail: str = ""
+    file: str = ""
+    size_bytes: int = 0
+    sha256: str = ""
+    num_classes: int = 0
+    input_dtype: str = "float32"
+    input_layout: str = "NCHW"
+    color_order: str = "RGB"
+    input_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    dynamic_batch: bool = False
+    batch_sizes: list[int] | None = None
+    max_batch_size: int | None = None
+    normalization_folded: bool = True
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    output_kind: str = "logits"
+    label_output_name: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    macs: int | None = None
+    source_checkpoint: str = ""
+    source_sha256: str = ""
+    source_format: str = ""
+    calibration: dict[str, Any] | None = None
+    parity: ParityReport | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    kdpipe_version: str = ""
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def embedded_json(self) -> str:
+        """The copy stored inside the artifact: no file facts, no parity (see the module doc)."""
+        inner = dataclasses.replace(self, file="", size_bytes=0, sha256="", parity=None)
+        return json.dumps(inner.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "metadata") -> ArtifactMetadata:
+        """Build from plain values, refusing other schema versions and missing fields."""
+        version = values.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise KdpipeError(
+                f"{where} has schema_version {version!r}; this kdpipe reads version "
+                f"{SCHEMA_VERSION}: re-export the artifact with this kdpipe (or upgrade kdpipe)"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if isinstance(kwargs.get("parity"), dict):
+            kwargs["parity"] = ParityReport(**kwargs["parity"])
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise KdpipeError(f"{where} is incomplete ({e}); re-export the artifact") from None
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """Where an artifact's metadata lives: `<artifact>.json` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def read_metadata(artifact: str | Path) -> ArtifactMetadata:
+    """The metadata of an exported artifact, from its JSON sidecar (no kdpipe model import)."""
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        raise KdpipeError(
+            f"no metadata for {artifact}: expected {path}, which `kdpipe export` writes beside "
+            "every artifact; copy it along with the artifact or re-export"
+        )
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KdpipeError(f"cannot read {path}: {e}; re-export the artifact") from None
+    if not isinstance(values, dict):
+        raise KdpipeError(f"{path} is not a JSON object; re-export the artifact")
+    return ArtifactMetadata.from_dict(values, where=str(path))
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of all files under a folder (a Core ML `.mlpackage`)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def artifact_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file. Of a folder (`.mlpackage`): the sha256 of the sorted lines
+    `relative/posix/path \\0 file-sha256 \\n` (no spaces) of its files, so the folder has one
+    fingerprint that changes when any file in it does."""
+    path = Path(path)
+    if not path.is_dir():
+        return _file_sha256(path)
+    lines = [
+        f"{p.relative_to(path).as_posix()}\0{_file_sha256(p)}\n"
+        for p in sorted(path.rglob("*")) if p.is_file()
+    ]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,265 @@
+"""`kdpipe pipeline`: teacher -> scratch + distilled students -> exports -> bench -> report.
+
+Each stage is a call of the stage's library API (`train_baseline`, `distill`, `export_checkpoint`,
+`run_bench`) in its own folder under `out/`. A stage's folder holds `stage.json` with the content
+hash of everything that decides its output (its config and the sha256 of its input files); a
+re-run skips a stage whose hash matches and which completed, resumes one that was interrupted
+(the trainers' `--resume`), and redoes one whose inputs changed. The report (`index.md`,
+`pipeline.json`) gathers the tables and plots of all stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kdpipe import atomic
+from kdpipe.config import from_dict, option, read_config_file, to_dict
+from kdpipe.data import default_data_path
+from kdpipe.errors import KdpipeError
+from kdpipe.models import file_sha256
+from kdpipe.progress import console
+
+DEFAULT_CONFIG = "quickstart"
+SHARED_TEACHER = Path("shared") / "weights" / "resnet56-4bfd9763.th"
+
+
+@dataclass
+class ExportSpec:
+    """One artifact kind every model is exported to."""
+
+    target: str = option("onnx", "torchscript | onnx | coreml | executorch")
+    quantize: str = option("none", "none | fp16 | int8")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole path from teacher to device report; shipped examples in `kdpipe/configs/`."""
+
+    out: str = option("runs/pipeline", "report folder; every stage writes below it")
+    data: str | None = option(None, "data set [default: ../shared/datasets/cifar10-images.tar.gz]")
+    download: bool = option(False, "allow downloads: CIFAR-10 via torchvision, the teacher's URL")
+    cache_dir: str | None = option(None, "image cache [default: $KDPIPE_CACHE or ~/.cache/kdpipe]")
+    teacher_checkpoint: str | None = option(
+        None, "teacher weights [default: ../shared/weights/resnet56-4bfd9763.th if present]")
+    teacher_url: str | None = option(None, "where --download fetches the teacher from")
+    student: str = option("resnet20", "student model")
+    scratch: bool = option(True, "also train the student from scratch, the baseline")
+    methods: list[str] = option(help="distillation methods, e.g. [kd, rkd]", factory=lambda: ["kd"])
+    train: dict = option(help="TrainConfig options shared by scratch and distill runs",
+                         factory=dict)
+    distill: dict = option(help="DistillConfig options of the methods (temperature, ...)",
+                           factory=dict)
+    export: list[ExportSpec] = option(help="artifacts of every model", factory=list)
+    export_options: dict = option(help="ExportConfig options (parity_size, ...)", factory=dict)
+    export_teacher: bool = option(True, "export and bench the teacher too")
+    bench: dict = option(help="BenchConfig options (batch_sizes, iters, ...)", factory=dict)
+    progress: bool = option(True, "show progress bars")
+
+
+# ---------------------------------------------------------------- configuration
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped inside the package (`kdpipe pipeline NAME`)."""
+    folder = resources.files("kdpipe") / "configs"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_pipeline_config(source: str | None, overrides: dict[str, Any]) -> PipelineConfig:
+    """A config file path, or the name of a shipped one (default: quickstart), plus flags."""
+    name = source or DEFAULT_CONFIG
+    if name in builtin_configs() and not Path(name).exists():
+        text = (resources.files("kdpipe") / "configs" / f"{name}.toml").read_text()
+        import tomllib
+
+        values = tomllib.loads(text)
+    else:
+        values = read_config_file(name)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(PipelineConfig, values, where=f"pipeline config {name}")
+
+
+def find_shared(relative: Path) -> Path | None:
+    """`../shared/...` beside the working folder or beside the kdpipe checkout, if present."""
+    here = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd().parent, here.parent):
+        if (base / relative).exists():
+            return base / relative
+    return None
+
+
+def resolve_teacher(config: PipelineConfig) -> Path:
+    """The teacher checkpoint path: given, shared, or downloaded when the user allowed it."""
+    if config.teacher_checkpoint and Path(config.teacher_checkpoint).exists():
+        return Path(config.teacher_checkpoint)
+    shared = None if config.teacher_checkpoint else find_shared(SHARED_TEACHER)
+    if shared:
+        return shared
+    if config.download and config.teacher_url:
+        return download(config.teacher_url, Path(config.out) / "teacher" / "downloaded.th")
+    missing = config.teacher_checkpoint or "../shared/weights/resnet56-4bfd9763.th"
+    raise KdpipeError(
+        f"teacher checkpoint {missing} not found: set teacher_checkpoint (any kdpipe checkpoint, "
+        "e.g. from `kdpipe train`, or a pytorch_resnet_cifar10 file)"
+        + (", or add --download to fetch it from the config's teacher_url"
+           if config.teacher_url else "")
+    )
+
+
+def download(url: str, dest: Path) -> Path:
+    """Fetch `url` atomically (only ever called after the user passed --download)."""
+    if dest.exists():
+        return dest
+    import torch.hub
+
+    console.print(f"downloading {url}")
+    try:
+        with atomic.atomic_path(dest) as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+    except OSError as e:
+        raise KdpipeError(f"could not download {url}: {e}") from None
+    return dest
+
+
+def resolve_data(config: PipelineConfig) -> str:
+    path = config.data or default_data_path()
+    if path is None and not config.download:
+        raise KdpipeError(
+            "no data set: the default config reads ../shared/datasets/cifar10-images.tar.gz; "
+            "pass --data PATH (ImageFolder tree or .tar.gz of one) or --download to let "
+            "torchvision fetch CIFAR-10"
+        )
+    return str(path or Path(config.out) / "data")
+
+
+# ---------------------------------------------------------------- stage bookkeeping
+def content_hash(spec: Any) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -> bool:
+    """Run `work(resume)` in `folder` unless a complete run with the same `spec` is there.
+
+    Returns True when it ran. A folder left by another spec is cleared first, so stale files
+    never mix with new ones; an incomplete one with the same spec is resumed.
+    """
+    marker = folder / "stage.json"
+    key = content_hash(spec)
+    state = json.loads(marker.read_text()) if marker.exists() else None
+    if state and state["hash"] == key and state["complete"]:
+        console.print(f"[dim]{folder.name}: up to date, skipped[/]")
+        return False
+    if state and state["hash"] != key or (folder.exists() and not state):
+        shutil.rmtree(folder)
+    resume = state is not None and state["hash"] == key
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(marker, {"hash": key, "complete": False, "spec": spec})
+    work(resume)
+    atomic.write_json(marker, {"hash": key, "complete": True, "spec": spec})
+    return True
+
+
+# ---------------------------------------------------------------- the stages
+def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str, Path]:
+    """Scratch baseline and one distilled student per method; returns name -> model.pt."""
+    from kdpipe.train import TrainConfig, train_baseline
+    from kdpipe.train.distill import DistillConfig, distill
+
+    out = Path(config.out)
+    common = {"data": data, "download": config.download, "cache_dir": config.cache_dir,
+              "progress": config.progress, **config.train}
+    runs: dict[str, Path] = {}
+    if config.scratch:
+        cfg = from_dict(TrainConfig, {**common, "model": config.student,
+                                      "out": str(out / "scratch")}, where="pipeline train")
+        spec = {"config": _portable(to_dict(cfg))}
+        run_stage(out / "scratch", spec, lambda resume: train_baseline(cfg, resume=resume))
+        runs["scratch"] = out / "scratch" / "model.pt"
+    for method in config.methods:
+        name = method.replace("+", "-")
+        cfg = from_dict(DistillConfig, {**common, **config.distill, "model": config.student,
+                                        "method": method, "teacher_checkpoint": str(teacher),
+                                        "out": str(out / name)}, where="pipeline distill")
+        spec = {"config": _portable(to_dict(cfg)), "teacher_sha256": file_sha256(teacher)}
+        run_stage(out / name, spec, lambda resume, cfg=cfg: distill(cfg, resume=resume))
+        runs[name] = out / name / "model.pt"
+    return runs
+
+
+def export_models(config: PipelineConfig, data: str, models: dict[str, Path]) -> list[Path]:
+    """Every model to every `export` spec, each model in `out/export/<name>/`; the artifacts."""
+    from kdpipe.export import export_checkpoint
+
+    artifacts: list[Path] = []
+    for name, checkpoint in models.items():
+        folder = Path(config.out) / "export" / name
+        options = {"calibration_data": data, "download": config.download, "name": name,
+                   **config.export_options}
+        spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": options,
+                "export": [to_dict(e) for e in config.export]}
+
+        def work(resume: bool, checkpoint: Path = checkpoint, folder: Path = folder,
+                 options: dict = options) -> None:
+            for e in config.export:
+                export_checkpoint(checkpoint, e.target, e.quantize, folder, **options)
+
+        run_stage(folder, spec, work)
+        artifacts += sorted(p for p in folder.iterdir()
+                            if p.suffix in (".onnx", ".pte", ".pt", ".mlpackage")
+                            and (folder / f"{p.name}.json").exists())
+    return artifacts
+
+
+def bench_everything(config: PipelineConfig, data: str, files: list[Path]) -> Path:
+    """Bench the checkpoints (PyTorch eager) and every artifact side by side in one run."""
+    from kdpipe.deploy.bench import BenchConfig, run_bench
+
+    folder = Path(config.out) / "bench"
+    bench = from_dict(BenchConfig, {"data": data, "download": config.download,
+                                    "cache_dir": config.cache_dir, "progress": config.progress,
+                                    **config.bench, "out": str(folder)}, where="pipeline bench")
+    spec = {"files": {str(p): _sha(p) for p in files}, "bench": _portable(to_dict(bench))}
+    run_stage(folder, spec, lambda resume: run_bench([str(p) for p in files], bench))
+    return folder
+
+
+def _sha(path: Path) -> str:
+    if path.is_dir():  # a Core ML package: hash its files in order
+        digest = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                digest.update(p.relative_to(path).as_posix().encode())
+                digest.update(file_sha256(p).encode())
+        return digest.hexdigest()
+    return file_sha256(path)
+
+
+def _portable(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values that decide results (the progress bar does not)."""
+    return {k: v for k, v in values.items() if k not in ("progress",)}
+
+
+# ---------------------------------------------------------------- entry point
+def run_pipeline(config: PipelineConfig) -> Path:
+    """Run (or resume) every stage; returns the path of the report's `index.md`."""
+    from kdpipe.report.pipeline_report import write_pipeline_report
+
+    data = resolve_data(config)
+    teacher = resolve_teacher(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "config.json", to_dict(config))
+    console.rule("[bold]1/3 distill")
+    students = train_students(config, data, teacher)
+    models = {"teacher": teacher, **students} if config.export_teacher else dict(students)
+    console.rule("[bold]2/3 export")
+    artifacts = export_models(config, data, models) if config.export else []
+    console.rule("[bold]3/3 bench")
+    bench = bench_everything(config, data, [*models.values(), *artifacts])
+    return write_pipeline_report(out, config=to_dict(config), teacher=teacher, students=students,
+                                 artifacts=artifacts, bench_dir=bench)

@@ -1,0 +1,1 @@
+"""Reports of plain result records: Markdown and JSON tables, the versioned bench schema, plots."""

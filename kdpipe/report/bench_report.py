@@ -1,0 +1,130 @@
+"""Write a `BenchReport` as `bench.md` (a table for people), `bench.json` (schema v1, for
+programs), `bench.csv` (the rows' raw fields, for spreadsheets) and `bench.png` (accuracy vs
+batch-1 latency with the Pareto front).
+
+All are rendered in memory first and then each written atomically, so a failure while
+rendering leaves no partial report, and a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdpipe import atomic
+from kdpipe.report.plot import accuracy_latency_png
+from kdpipe.report.schema import BenchReport, BenchRow
+from kdpipe.report.table import csv_text, markdown_table
+
+REPORT_FILES = {"markdown": "bench.md", "json": "bench.json", "csv": "bench.csv",
+                "plot": "bench.png"}
+
+# (row field, header, row -> cell text) of the Markdown table, in column order.
+COLUMNS: list[tuple[str, str, Callable[[BenchRow], str]]] = [
+    ("name", "artifact", lambda r: r.name),
+    ("runtime", "runtime", lambda r: r.runtime),
+    ("format", "format", lambda r: r.format),
+    ("quantization", "quant", lambda r: r.quantization),
+    ("top1", "top-1 %", lambda r: _num(r.top1, "{:.2f}")),
+    ("params", "params", lambda r: _count(r.params)),
+    ("macs", "MACs", lambda r: _count(r.macs)),
+    ("size_bytes", "size", lambda r: _bytes(r.size_bytes)),
+    ("batch_size", "batch", lambda r: str(r.batch_size)),
+    ("p50_ms", "p50 ms", lambda r: _num(r.p50_ms, "{:.3f}")),
+    ("p90_ms", "p90 ms", lambda r: _num(r.p90_ms, "{:.3f}")),
+    ("p99_ms", "p99 ms", lambda r: _num(r.p99_ms, "{:.3f}")),
+    ("throughput_ips", "img/s", lambda r: _num(r.throughput_ips, "{:,.0f}")),
+    ("peak_rss_mb", "peak RSS MiB", lambda r: _num(r.peak_rss_mb, "{:.0f}")),
+    ("status", "status", lambda r: r.status if not r.reason else f"{r.status}: {r.reason}"),
+]
+
+
+def write_bench_report(report: BenchReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write the report files into `out_dir`; returns their paths by kind."""
+    out = Path(out_dir)
+    records = [dataclasses.asdict(row) for row in report.rows]
+    fields = [(f.name, f.name) for f in dataclasses.fields(BenchRow)]
+    rendered = {
+        "markdown": markdown(report).encode("utf-8"),
+        "json": (json.dumps(report.to_json(), indent=2) + "\n").encode("utf-8"),
+        "csv": csv_text(records, fields).encode("utf-8"),
+        "plot": accuracy_latency_png(report.rows, title=plot_title(report)),
+    }
+    paths = {kind: out / name for kind, name in REPORT_FILES.items()}
+    for kind, data in rendered.items():
+        atomic.write_bytes(paths[kind], data)
+    return paths
+
+
+def plot_title(report: BenchReport) -> str:
+    machine = report.machine
+    return (f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads "
+            f"({report.device})")
+
+
+def markdown(report: BenchReport) -> str:
+    """The report as Markdown: where and how it was measured, the table, then the notes."""
+    lines = ["# kdpipe bench", "", *_header(report), "", bench_table(report.rows)]
+    if report.notes:
+        lines += ["", "Notes:", "", *[f"- {note}" for note in report.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def bench_table(rows: list[BenchRow]) -> str:
+    """The rows as a Markdown table, numbers formatted for people (the JSON keeps them raw)."""
+    shown = [{key: fmt(row) for key, _, fmt in COLUMNS} for row in rows]
+    return markdown_table(shown, [(key, header) for key, header, _ in COLUMNS]).rstrip("\n")
+
+
+def _header(report: BenchReport) -> list[str]:
+    m, p = report.machine, report.protocol
+    versions = ", ".join(f"{name} {version or 'not installed'}"
+                         for name, version in report.runtimes.items())
+    lines = [
+        f"- **device**: {report.device}: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} logical "
+        f"cores, {m.get('threads', '?')} threads per runtime; {m.get('platform', '')}, "
+        f"Python {m.get('python', '?')}",
+        f"- **runtimes**: {versions}",
+        f"- **protocol**: {p.get('warmup')} warm-up + {p.get('iters')} timed calls per batch size"
+        + (f" (or {p['time_budget_s']} s)" if p.get("time_budget_s") else "")
+        + f", {p.get('input')}; {p.get('timer')}; {p.get('percentiles')} "
+        "(docs/latency-protocol.md)",
+        f"- **top-1**: {_data(report.data)}",
+        f"- **written**: {report.created_utc}, schema_version {report.schema_version}",
+    ]
+    if report.host:
+        lines.insert(1, f"- **driven from**: {report.host.get('cpu', '?')}, "
+                        f"{report.host.get('platform', '')}")
+    return lines
+
+
+def _data(data: dict[str, Any] | None) -> str:
+    if not data:
+        return "not measured"
+    return f"{data.get('n_test')} test images of {data.get('source')}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _count(value: int | None) -> str:
+    """Parameters and MACs in the units papers use: 0.27M, 40.8M."""
+    if value is None:
+        return ""
+    if value >= 1e9:
+        return f"{value / 1e9:.2f}G"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e3:.1f}K" if value >= 1e3 else str(value)
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return ""
+    if value >= 1 << 20:
+        return f"{value / (1 << 20):.2f} MiB"
+    return f"{value / 1024:.1f} KiB"

@@ -1,0 +1,100 @@
+"""The pipeline's one report: `index.md` (models, artifacts, bench, plot) and `pipeline.json`.
+
+It reads only the files the stages wrote (summary.json, artifact sidecars, bench.json), so it can be
+rebuilt from a finished run folder at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdpipe import atomic
+from kdpipe.report.bench_report import REPORT_FILES, bench_table
+from kdpipe.report.schema import load_bench_report
+from kdpipe.report.table import markdown_table
+
+SCHEMA_VERSION = 1
+
+MODEL_COLUMNS = [("name", "Model"), ("architecture", "Architecture"), ("method", "Method"),
+                 ("top1", "Top-1 %"), ("params", "Params"), ("macs", "MACs"),
+                 ("epochs", "Epochs"), ("train_images", "Train images"),
+                 ("wall_time_s", "Train time s")]
+ARTIFACT_COLUMNS = [("file", "Artifact"), ("format", "Format"), ("quantization", "Quantization"),
+                    ("size_kb", "Size KB"), ("parity", "Parity (top-1 agree / max |dlogit|)"),
+                    ("artifact_top1", "Top-1 % (parity set)")]
+
+
+def model_rows(teacher: Path, students: dict[str, Path]) -> list[dict[str, Any]]:
+    """One row per model from the runs' summary.json (the teacher's top-1 from a distill run)."""
+    rows, teacher_top1 = [], None
+    for name, checkpoint in students.items():
+        summary = json.loads((checkpoint.parent / "summary.json").read_text())
+        teacher_top1 = summary.get("teacher_top1", teacher_top1)
+        rows.append({
+            "name": name, "architecture": summary["model"], "method": summary.get("method"),
+            "top1": round(summary["top1"], 2), "params": summary["params"],
+            "macs": summary["macs"], "epochs": summary["epochs"],
+            "train_images": summary["train_images"], "wall_time_s": round(summary["wall_time_s"]),
+        })
+    from kdpipe.models import checkpoint_meta, count_macs, count_params, load_checkpoint
+
+    model = load_checkpoint(teacher)
+    meta = checkpoint_meta(model)
+    rows.insert(0, {
+        "name": "teacher", "architecture": meta.model, "method": "pretrained",
+        "top1": None if teacher_top1 is None else round(teacher_top1, 2),
+        "params": count_params(model), "macs": count_macs(model, (1, *meta.input_shape)),
+    })
+    return rows
+
+
+def artifact_rows(artifacts: list[Path]) -> list[dict[str, Any]]:
+    from kdpipe.export.metadata import read_metadata
+
+    rows = []
+    for path in artifacts:
+        meta = read_metadata(path)
+        parity = meta.parity
+        if parity and parity.checked:
+            agree = f"{parity.top1_agreement:.2f}% / {parity.max_abs_logit_diff:.3g}"
+        else:
+            agree = f"not checked: {parity.reason}" if parity else "not checked"
+        rows.append({
+            "file": f"{path.parent.name}/{path.name}", "format": meta.format,
+            "quantization": meta.quantization, "size_kb": round(meta.size_bytes / 1024, 1),
+            "parity": agree,
+            "artifact_top1": None if not (parity and parity.checked) else parity.artifact_top1,
+        })
+    return rows
+
+
+def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
+                          students: dict[str, Path], artifacts: list[Path],
+                          bench_dir: Path) -> Path:
+    """Write `index.md` and `pipeline.json` into `out`; returns the index path."""
+    models = model_rows(teacher, students)
+    exported = artifact_rows(artifacts)
+    bench = load_bench_report(bench_dir / REPORT_FILES["json"])
+    plot = os.path.relpath(bench_dir / REPORT_FILES["plot"], out)
+    lines = [
+        "# kdpipe pipeline report", "",
+        f"Teacher: `{teacher}`. Config: `config.json`. Machine: {bench.machine.get('cpu', '?')}, "
+        f"{bench.machine.get('threads', '?')} threads.", "",
+        "## 1. Models (test top-1 on the run's test split)", "",
+        markdown_table(models, MODEL_COLUMNS),
+        "## 2. Exported artifacts", "",
+        markdown_table(exported, ARTIFACT_COLUMNS) if exported else "(no exports configured)\n",
+        "## 3. Accuracy, size and latency per runtime", "", bench_table(bench.rows), "",
+        f"![accuracy vs latency]({plot})", "",
+        f"Full bench report: `{os.path.relpath(bench_dir / REPORT_FILES['markdown'], out)}`.", "",
+    ]
+    index = out / "index.md"
+    atomic.write_text(index, "\n".join(lines))
+    atomic.write_json(out / "pipeline.json", {
+        "schema_version": SCHEMA_VERSION, "config": config, "models": models,
+        "artifacts": exported, "bench": bench.to_json(),
+    })
+    return index

@@ -1,0 +1,163 @@
+"""`kdpipe distill`: train a student from random initialization against a frozen teacher.
+
+    loss = (1 - alpha) * CE(labels, student) + alpha * T^2 * KL(teacher_T || student_T)   (kd)
+
+`DistillConfig` extends `TrainConfig` (same schedule, data and execution options) with the
+teacher and the method's hyperparameters; `distill(config)` checks the teacher against the data
+before any training, builds the method's plan (`kdpipe.train.methods`), runs its stages (FitNets'
+hint stage in `out/stage1/`) and then the main `Trainer`. The run folder holds what `kdpipe train`
+writes (config.json, last.pt, metrics.jsonl, model.pt, summary.json), the summary also naming the
+method, the teacher and the teacher's test top-1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from kdpipe import atomic
+from kdpipe.config import option
+from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, Dataset
+from kdpipe.errors import KdpipeError
+from kdpipe.models import checkpoint_meta, create, load_checkpoint, read_checkpoint
+from kdpipe.progress import console
+from kdpipe.train.config import TrainConfig
+from kdpipe.train.evaluate import check_compatible, evaluate
+from kdpipe.train.methods import (
+    DistillObjective,
+    MethodContext,
+    Stage,
+    Teacher,
+    TeacherCache,
+    build_plan,
+    needs_teacher,
+    resolve,
+)
+from kdpipe.train.run import load_training_data
+from kdpipe.train.trainer import Trainer, resolve_device
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A `TrainConfig` plus the teacher and the distillation method. `--student` names the student
+    (it sets `model`, which a distill run otherwise reads as the student too)."""
+
+    student: str | None = option(None, "student model, trained from random initialization "
+                                 "(sets --model; see `kdpipe list`)")
+    teacher: str | None = option(None, "teacher model name, checked against the checkpoint "
+                                 "(default: read from the checkpoint)")
+    teacher_checkpoint: str | None = option(None, "teacher weights: a kdpipe checkpoint or a "
+                                            "pytorch_resnet_cifar10 file")
+    method: str = option("kd", "kd | fitnets | rkd | scratch, or a sum such as kd+rkd")
+    temperature: float = option(4.0, "KD softmax temperature T (Hinton et al. 2015)")
+    alpha: float = option(0.9, "KD weight: loss = (1 - alpha) * CE(labels, student) + alpha * "
+                          "T^2 * KL(teacher_T || student_T); alpha = 0 is plain cross-entropy")
+    hint_layer: Literal["middle", "final"] = option(
+        "middle", "FitNets guided/hint layer: the middle or the final stage of each network")
+    hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs")
+    rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)")
+    rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)")
+    teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "
+                                       "per augmented batch, so runs with the same seed and data "
+                                       "share them (worth it on CPU)")
+    out: str = option("runs/distill", "run folder for checkpoints, metrics and summary")
+
+
+def resolve_student(config: DistillConfig) -> DistillConfig:
+    """`student` and `model` made equal: `--student` wins, else the student is `--model`."""
+    student = config.student or config.model
+    return dataclasses.replace(config, student=student, model=student)
+
+
+def load_teacher(config: DistillConfig, data: Dataset) -> tuple[Teacher, dict[str, Any]]:
+    """The frozen teacher and what the summary records about it; every mismatch with the data or
+    with `--teacher` is a `KdpipeError` raised here, before any training."""
+    if not config.teacher_checkpoint:
+        raise KdpipeError(
+            f"method {config.method!r} needs a teacher: pass --teacher-checkpoint PATH (a kdpipe "
+            "checkpoint, e.g. from `kdpipe train`, or ../shared/weights/resnet110-cifar10jpeg.th)"
+        )
+    path = Path(config.teacher_checkpoint)
+    model = load_checkpoint(path)
+    meta = checkpoint_meta(model)
+    if config.teacher and config.teacher != meta.model:
+        raise KdpipeError(
+            f"--teacher {config.teacher} does not match {path}, which holds a {meta.model}; "
+            f"pass --teacher {meta.model} or leave --teacher out"
+        )
+    check_compatible(meta, data.classes, data.train_images.shape[1:], f"teacher {path}")
+    device = resolve_device(config.device)
+    cache = teacher_cache(config, meta.source_sha256, device)
+    top1 = teacher_top1(model.to(device), data, meta.mean, meta.std, device, cache)
+    teacher = Teacher(model, name=meta.model, mean=meta.mean, std=meta.std,
+                      data_mean=CIFAR10_MEAN, data_std=CIFAR10_STD, amp=config.amp, cache=cache)
+    info = {"teacher": meta.model, "teacher_checkpoint": str(path),
+            "teacher_sha256": meta.source_sha256, "teacher_top1": top1}
+    return teacher, info
+
+
+def teacher_cache(config: DistillConfig, sha256: str, device: torch.device) -> TeacherCache | None:
+    """The opt-in cache of teacher outputs; bf16 and fp32 outputs are kept apart."""
+    if not config.teacher_cache:
+        return None
+    return TeacherCache(config.teacher_cache, sha256,
+                        "bf16" if config.amp and device.type == "cuda" else "fp32")
+
+
+def teacher_top1(model: torch.nn.Module, data: Dataset, mean: list[float], std: list[float],
+                 device: torch.device, cache: TeacherCache | None) -> float:
+    """The teacher's test top-1, remembered in the teacher cache (a sweep evaluates it once)."""
+    digest = hashlib.sha1(data.test_images.numpy().tobytes())
+    digest.update(data.test_labels.numpy().tobytes())
+    memo = cache.dir / f"top1-{digest.hexdigest()[:16]}.json" if cache else None
+    if memo is not None and memo.exists():
+        return json.loads(memo.read_text())["top1"]
+    top1 = evaluate(model, data.test_images, data.test_labels, mean, std, device=device)["top1"]
+    if memo is not None:
+        atomic.write_json(memo, {"top1": top1, "test_images": int(data.test_labels.numel())})
+    return top1
+
+
+def run_stage(stage: Stage, config: DistillConfig, data: Dataset, resume: bool,
+              record: dict[str, Any]) -> dict[str, Any]:
+    """Train one stage in `out/<stage>/` (resumable on its own); returns its summary."""
+    out = Path(config.out) / stage.name
+    if resume and (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    console.print(f"{stage.name}: {stage.epochs} epochs in {out}")
+    stage_config = dataclasses.replace(config, out=str(out), epochs=stage.epochs)
+    trainer = Trainer(stage_config, stage.objective, data, resume=resume,
+                      record={**record, "stage": stage.name})
+    trainer.setup()
+    return trainer.fit()
+
+
+def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Distill `config.teacher_checkpoint` into a fresh `config.student`; returns the summary."""
+    config = resolve_student(config)
+    resolve(config.method)  # an unknown method fails before the data loads
+    data = load_training_data(config)
+    teacher, record = None, {"method": config.method}
+    if needs_teacher(config.method) or config.teacher_checkpoint:
+        teacher, info = load_teacher(config, data)
+        record.update(info)
+    torch.manual_seed(config.seed)  # the same initial student for every method of a seed
+    student = create(config.model, num_classes=len(data.classes), **config.model_kwargs)
+    plan = build_plan(config.method, MethodContext(student, teacher, config, data.image_shape))
+    for stage in plan.stages:
+        summary = run_stage(stage, config, data, resume, record)
+        record.setdefault("stages", {})[stage.name] = {
+            "epochs": stage.epochs, "wall_time_s": summary["wall_time_s"]}
+        _, raw = read_checkpoint(Path(config.out) / stage.name / "model.pt")
+        student.load_state_dict(raw["state_dict"])  # the next phase starts where this one ended
+    objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight,
+                                 config.label_smoothing)
+    trainer = Trainer(config, objective, data, resume=resume, record=record)
+    trainer.setup()
+    return trainer.fit()

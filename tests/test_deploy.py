@@ -1,0 +1,115 @@
+"""`kdpipe deploy`: the bundle's files, a usage snippet that really runs, and atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kdpipe.cli import app
+from kdpipe.deploy import bundle
+from kdpipe.deploy.artifact import open_artifact
+from kdpipe.deploy.bundle import build_bundle
+from kdpipe.deploy.runtimes import runtime
+from kdpipe.errors import KdpipeError
+
+from .test_bench import make_artifacts, sidecar
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return make_artifacts(tmp_path_factory.mktemp("deploy") / "artifacts")
+
+
+def picture(path: Path) -> Path:
+    """A 48x40 RGBA PNG: the snippet must convert to RGB and resize to 32x32 itself."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 4), dtype=np.uint8), "RGBA").save(path)
+    return path
+
+
+def run_snippet(folder: Path, script: str, image: Path) -> str:
+    done = subprocess.run([sys.executable, script, str(image)], cwd=folder, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_bundle_has_everything_an_app_needs_and_its_snippet_runs(tiny, tmp_path, kind):
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["deploy", str(tiny[kind]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    name = tiny[kind].name
+    assert {p.name for p in out.iterdir()} == {name, f"{name}.json", "labels.txt", "predict.py",
+                                               "README.md"}
+    artifact = open_artifact(tiny[kind])
+    assert (out / "labels.txt").read_text().splitlines() == list(artifact.classes)
+    assert json.loads((out / f"{name}.json").read_text())["format"] == kind
+    readme = (out / "README.md").read_text()
+    assert "```python" in readme and (out / "predict.py").read_text().strip() in readme
+    assert "[0, 1]" in readme and "NCHW" in readme and "32x32" in readme
+
+    image = picture(tmp_path / "photo.png")
+    label = run_snippet(out, "predict.py", image)
+    # the snippet's answer is the runtime's answer on the same preprocessing
+    from PIL import Image
+
+    rgb = Image.open(image).convert("RGB").resize((32, 32), Image.BILINEAR)
+    x = np.ascontiguousarray(np.asarray(rgb, np.float32).transpose(2, 0, 1)[None] / 255.0)
+    logits = runtime(kind if kind == "torchscript" else "onnxruntime").load(artifact, 1).run(x)
+    assert label == artifact.classes[int(logits.argmax())]
+
+
+def test_core_ml_bundle_carries_a_swift_snippet(tiny, tmp_path):
+    package = tmp_path / "student.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Manifest.json").write_text("{}")
+    sidecar(package, tiny["onnx"], format="coreml", runtime="coreml", input_name="image",
+            output_name="classLabel_probs", output_kind="probabilities",
+            label_output_name="classLabel", batch_sizes=[1], dynamic_batch=False)
+    out = build_bundle(package, tmp_path / "ios")
+    assert (out / "student.mlpackage" / "Manifest.json").is_file()
+    swift = (out / "Classify.swift").read_text()
+    assert "import CoreML" in swift and "MLMultiArray" in swift and "/ 255" in swift
+    assert '"image": input' in swift and 'featureValue(for: "classLabel")' in swift
+    assert "```swift" in (out / "README.md").read_text()
+
+
+def test_a_checkpoint_is_not_an_app_artifact(tiny, tmp_path):
+    result = runner.invoke(app, ["deploy", str(tiny["checkpoint"]), "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "export it first" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_replaces_an_old_bundle_but_never_a_foreign_folder(tiny, tmp_path):
+    out = build_bundle(tiny["onnx"], tmp_path / "b")
+    (out / "stale.txt").write_text("from an older bundle")
+    build_bundle(tiny["onnx"], out)
+    assert not (out / "stale.txt").exists()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(KdpipeError, match="not a kdpipe bundle"):
+        build_bundle(tiny["onnx"], foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_failure_while_building_leaves_no_bundle(tiny, tmp_path, monkeypatch):
+    def broken(src, dest):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle, "_copy", broken)
+    with pytest.raises(OSError):
+        build_bundle(tiny["onnx"], tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []

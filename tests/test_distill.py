@@ -1,0 +1,306 @@
+"""Distillation: the frozen teacher, each method for a few steps, FitNets' two stages, the teacher
+cache, heterogeneous pairs, clear errors before training, and the `kdpipe distill` command."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from kdpipe.cli import app
+from kdpipe.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from kdpipe.errors import KdpipeError
+from kdpipe.models import CheckpointMeta, create, load_checkpoint, read_checkpoint, save_checkpoint
+from kdpipe.train import Trainer
+from kdpipe.train.distill import DistillConfig, distill
+from kdpipe.train.methods import (
+    METHODS,
+    DistillObjective,
+    MethodContext,
+    Teacher,
+    TeacherCache,
+    build_plan,
+    freeze_teacher,
+    label,
+    resolve,
+)
+from kdpipe.train.methods.fitnets import HintObjective, hint_tap
+
+from .conftest import SHARED_WEIGHTS, shared_file, synthetic_dataset
+
+# The modules themselves (an attribute import could give a re-exported function of the same name).
+distill_module = importlib.import_module("kdpipe.train.distill")
+
+RESNET56 = SHARED_WEIGHTS / "resnet56-4bfd9763.th"
+
+
+@pytest.fixture
+def data(monkeypatch):
+    """16 train / 8 test synthetic images (2 steps of 8 per epoch), handed to `distill` instead of
+    loading a data set."""
+    dataset = synthetic_dataset(n_train=16, n_test=8)
+    monkeypatch.setattr(distill_module, "load_training_data", lambda config: dataset)
+    return dataset
+
+
+def save_teacher(path, model_name="resnet20", classes=CIFAR10_CLASSES, seed=0):
+    torch.manual_seed(seed)
+    model = create(model_name, num_classes=len(classes))
+    meta = CheckpointMeta(model=model_name, model_kwargs={}, num_classes=len(classes),
+                          classes=list(classes), mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD),
+                          input_shape=[3, 32, 32])
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def config(tmp_path, teacher_path, **overrides) -> DistillConfig:
+    values = dict(student="resnet20", teacher_checkpoint=teacher_path and str(teacher_path),
+                  method="kd", epochs=1,
+                  hint_epochs=1, batch_size=8, lr=0.05, warmup_epochs=0.0, device="cpu",
+                  out=str(tmp_path / "run"), progress=False, threads=2)
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def make_teacher(model: nn.Module, **kw) -> Teacher:
+    return Teacher(model, name="resnet20", mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                   data_mean=CIFAR10_MEAN, data_std=CIFAR10_STD, **kw)
+
+
+# ----------------------------------------------------------------------------- the teacher
+def test_teacher_is_frozen_and_kept_out_of_checkpoint_and_optimizer():
+    teacher = make_teacher(create("resnet20"))
+    student = create("resnet20")
+    cfg = DistillConfig(method="kd+rkd")
+    plan = build_plan(cfg.method, MethodContext(student, teacher, cfg, (3, 32, 32)))
+    objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight)
+    objective.train()
+    assert not teacher.model.training
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert all(k.startswith("student.") for k in objective.state_dict())
+    trainable = {id(p) for p in objective.trainable_parameters()}
+    assert trainable == {id(p) for p in student.parameters()}
+    objective.to(memory_format=torch.channels_last)  # the teacher follows the objective
+    assert teacher.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    out = objective(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert set(out.parts) == {"ce", "kd", "rkd_distance", "rkd_angle"}
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.model.parameters())
+
+
+def test_freeze_teacher_and_no_grad_forward():
+    model = freeze_teacher(create("resnet20").train())
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    out = make_teacher(model)(torch.randn(2, 3, 32, 32), ("embedding",))
+    assert not out.logits.requires_grad and out.logits.dtype == torch.float32
+    assert out.features["embedding"].shape == (2, 64)
+
+
+class Recorder(nn.Module):
+    feature_layers = {}
+
+    def forward(self, x):
+        self.seen = x
+        return x.mean((2, 3))
+
+
+def test_teacher_gets_its_own_normalization():
+    raw = torch.rand(2, 3, 4, 4)
+    student_mean, student_std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    teacher_mean, teacher_std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+
+    def norm(x, mean, std):
+        return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+    recorder = Recorder()
+    teacher = Teacher(recorder, name="recorder", mean=teacher_mean, std=teacher_std,
+                      data_mean=student_mean, data_std=student_std)
+    teacher(norm(raw, student_mean, student_std))
+    torch.testing.assert_close(recorder.seen, norm(raw, teacher_mean, teacher_std))
+
+
+# ----------------------------------------------------------------------------- methods
+def test_registry_and_combinations():
+    assert {"kd", "fitnets", "rkd", "scratch"} <= set(METHODS.names())
+    with pytest.raises(KdpipeError, match="available: .*fitnets.*kd"):
+        resolve("hinton")
+    with pytest.raises(KdpipeError, match="twice"):
+        resolve("kd+kd")
+    teacher = make_teacher(create("resnet20"))
+    cfg = DistillConfig(method="kd+rkd", alpha=0.7)
+    plan = build_plan(cfg.method, MethodContext(create("resnet20"), teacher, cfg, (3, 32, 32)))
+    assert plan.ce_weight == pytest.approx(0.3)  # the label term once, at KD's 1 - alpha
+    assert {t.name: t.weight for t in plan.terms} == {
+        "kd": 0.7, "rkd_distance": 25.0, "rkd_angle": 50.0}
+    with pytest.raises(KdpipeError, match="kd"):  # fitnets already ends with KD
+        build_plan("fitnets+kd", MethodContext(create("resnet20"), teacher, cfg, (3, 32, 32)))
+    assert label("fitnets", DistillConfig(hint_layer="final")) == "Mimicking final layer"
+
+
+@pytest.mark.parametrize("model, middle, final", [
+    ("resnet20", "stage2", "stage3"),
+    ("plaincnn_student", "stage2", "stage3"),
+    ("mobilenetv2_x0_5", "stage2", "stage4"),
+])
+def test_hint_layers_map_to_stage_taps(model, middle, final):
+    net = create(model)
+    assert (hint_tap(net, "middle"), hint_tap(net, "final")) == (middle, final)
+
+
+def test_fitnets_stage1_updates_only_the_guided_part_and_regressor(tmp_path):
+    from kdpipe.train.losses import HintRegressor
+
+    student = create("resnet20")
+    teacher = make_teacher(create("resnet20"))
+    regressor = HintRegressor(32, 32, (16, 16), (16, 16))
+    objective = HintObjective(student, teacher, regressor, "stage2", "stage2", (3, 32, 32))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    reg_before = {k: v.clone() for k, v in regressor.state_dict().items()}
+    cfg = config(tmp_path, "unused", batch_size=16)
+    trainer = Trainer(cfg, objective, synthetic_dataset(n_train=32, n_test=8))
+    trainer.setup()
+    trainer.fit()
+    after = student.state_dict()
+    for key, value in before.items():
+        moved = not torch.equal(value, after[key])
+        guided = key.startswith(("conv1", "bn1", "layer1", "layer2"))
+        if key.endswith("num_batches_tracked"):
+            continue
+        # Weights and BN statistics up to the guided layer move; everything after it stays.
+        assert moved == guided, key
+    assert any(not torch.equal(v, regressor.state_dict()[k]) for k, v in reg_before.items())
+    _, raw = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert any(k.startswith("regressor.") for k in raw["trainer"]["objective_extras"])
+
+
+# ----------------------------------------------------------------------------- distill runs
+@pytest.mark.parametrize("method, hint_layer", [
+    ("kd", "middle"), ("fitnets", "middle"), ("fitnets", "final"), ("rkd", "middle"),
+    ("kd+rkd", "middle"),
+])
+def test_few_steps_of_each_method_with_the_pretrained_resnet56(tmp_path, data, method, hint_layer,
+                                                              monkeypatch):
+    teacher = shared_file(RESNET56)
+    cfg = config(tmp_path, teacher, method=method, hint_layer=hint_layer)
+    summary = distill(cfg)
+    assert summary["method"] == method and summary["teacher"] == "resnet56"
+    assert summary["model"] == "resnet20" and 0 <= summary["teacher_top1"] <= 100
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert torch.isfinite(torch.tensor(rows[-1]["train_loss"]))
+    assert load_checkpoint(tmp_path / "run" / "model.pt").kdpipe_meta.model == "resnet20"
+    if method == "fitnets":
+        assert summary["stages"]["stage1"]["epochs"] == 1
+        # --resume after the end: the finished hint stage is not trained again.
+        stage1 = (tmp_path / "run" / "stage1" / "metrics.jsonl").read_text()
+        calls = []
+        monkeypatch.setattr(Trainer, "fit", lambda self: calls.append(self.config.out) or {})
+        distill(cfg, resume=True)
+        assert calls == [cfg.out]
+        assert (tmp_path / "run" / "stage1" / "metrics.jsonl").read_text() == stage1
+
+
+@pytest.mark.parametrize("student", ["plaincnn_student", "mobilenetv2_x0_5"])
+def test_heterogeneous_pairs(tmp_path, data, student):
+    """Other channels, spatial sizes and embedding widths: the regressor and RKD handle them."""
+    teacher = shared_file(RESNET56)
+    summary = distill(config(tmp_path, teacher, student=student, method="fitnets+rkd",
+                             hint_layer="final"))
+    assert summary["model"] == student
+
+
+# ----------------------------------------------------------------------------- errors
+def refuse_training(monkeypatch):
+    monkeypatch.setattr(Trainer, "setup", lambda self: pytest.fail("training started"))
+
+
+def test_teacher_with_other_classes_is_refused_before_training(tmp_path, data, monkeypatch):
+    refuse_training(monkeypatch)
+    classes = [f"c{i}" for i in range(10)]
+    teacher = save_teacher(tmp_path / "teacher.pt", classes=classes)
+    with pytest.raises(KdpipeError, match="classes"):
+        distill(config(tmp_path, teacher))
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_teacher_name_and_missing_teacher_are_clear(tmp_path, data, monkeypatch):
+    refuse_training(monkeypatch)
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    with pytest.raises(KdpipeError, match="--teacher resnet110 does not match .*resnet20"):
+        distill(config(tmp_path, teacher, teacher="resnet110"))
+    with pytest.raises(KdpipeError, match="needs a teacher"):
+        distill(config(tmp_path, None))
+    with pytest.raises(KdpipeError, match="unknown method 'hinton'"):
+        distill(config(tmp_path, teacher, method="hinton"))
+
+
+def test_scratch_needs_no_teacher(tmp_path, data):
+    summary = distill(config(tmp_path, None, method="scratch"))
+    assert summary["method"] == "scratch" and "teacher" not in summary
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "train_ce" in rows and "train_kd" not in rows
+
+
+# ----------------------------------------------------------------------------- teacher cache
+def test_teacher_cache_is_shared_and_changes_nothing(tmp_path, data, monkeypatch):
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    forwards = []
+    original = Teacher._forward
+    monkeypatch.setattr(Teacher, "_forward",
+                        lambda self, *a: forwards.append(1) or original(self, *a))
+    plain = distill(config(tmp_path / "plain", teacher, method="kd+rkd"))
+    n_batches = len(forwards)
+    cache = tmp_path / "cache"
+    distill(config(tmp_path / "a", teacher, method="kd+rkd", teacher_cache=str(cache)))
+    assert len(forwards) == 2 * n_batches  # first run: computed and stored
+    cached = distill(config(tmp_path / "c", teacher, method="kd", alpha=0.5,
+                            teacher_cache=str(cache)))
+    assert len(forwards) == 2 * n_batches  # later runs with the same seed: all from the cache
+    assert cached["teacher_top1"] == plain["teacher_top1"]
+    a = load_checkpoint(tmp_path / "plain" / "run" / "model.pt").state_dict()
+    b = load_checkpoint(tmp_path / "a" / "run" / "model.pt").state_dict()
+    for key in a:  # outputs from the cache are those the teacher gives
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_teacher_cache_keys_on_batch_content(tmp_path):
+    cache = TeacherCache(tmp_path, "ab" * 32)
+    x = torch.randn(4, 3, 8, 8)
+    assert cache.key(x) == cache.key(x.clone().contiguous(memory_format=torch.channels_last))
+    assert cache.key(x) != cache.key(x + 1e-6)
+    assert cache.load(cache.key(x), (), torch.device("cpu")) is None
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_help_states_the_alpha_convention():
+    result = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "(1 - alpha) * CE(labels, student) + alpha * T^2 * KL" in result.output
+    assert "--student" in result.output and "--teacher-checkpoint" in result.output
+
+
+def test_cli_distill_end_to_end(tmp_path):
+    from PIL import Image
+
+    dataset = synthetic_dataset(n_train=16, n_test=8)
+    for split, images, labels in (("train", dataset.train_images, dataset.train_labels),
+                                  ("test", dataset.test_images, dataset.test_labels)):
+        for i, (img, y) in enumerate(zip(images, labels, strict=True)):
+            folder = tmp_path / "images" / split / dataset.classes[int(y)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    args = ["distill", "--data", tmp_path / "images", "--teacher-checkpoint", teacher,
+            "--student", "resnet20", "--method", "kd", "--temperature", "4", "--alpha", "0.9",
+            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
+            "--out", tmp_path / "run"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["method"], summary["model"], summary["teacher"]) == ("kd", "resnet20",
+                                                                        "resnet20")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (saved["temperature"], saved["alpha"], saved["student"]) == (4.0, 0.9, "resnet20")

@@ -1,0 +1,183 @@
+"""`kdpipe pipeline`: the whole path on a tiny budget, resume after an interruption in each stage,
+and a user-defined model brought in through the Python API."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import kdpipe.deploy.bench
+import kdpipe.export
+import kdpipe.train
+from kdpipe.cli import app
+from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD
+from kdpipe.models import MODELS, CheckpointMeta, create, load_checkpoint, save_checkpoint
+from kdpipe.pipeline import builtin_configs, load_pipeline_config, run_pipeline
+
+from .conftest import synthetic_dataset, write_image_folder
+
+distill_module = importlib.import_module("kdpipe.train.distill")
+
+
+def random_teacher(path, classes):
+    meta = CheckpointMeta(model="resnet20", model_kwargs={}, num_classes=len(classes),
+                          classes=list(classes), mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD),
+                          input_shape=[3, 32, 32])
+    torch.manual_seed(0)
+    save_checkpoint(path, create("resnet20"), meta)
+    return path
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    data = synthetic_dataset(n_train=80, n_test=40)
+    root = write_image_folder(data, tmp_path / "images")
+    teacher = random_teacher(tmp_path / "teacher.pt", data.classes)
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'report'}"
+data = "{root}"
+teacher_checkpoint = "{teacher}"
+student = "resnet20"
+methods = ["kd"]
+progress = false
+export_teacher = false
+
+[train]
+epochs = 1
+batch_size = 20
+device = "cpu"
+threads = 2
+
+[[export]]
+target = "onnx"
+quantize = "none"
+
+[export_options]
+parity_size = 20
+batch_sizes = "1,4"
+
+[bench]
+batch_sizes = [1]
+warmup = 1
+iters = 3
+memory = false
+""")
+    return config
+
+
+class Interrupt:
+    """Wraps a stage function: raises KeyboardInterrupt on the first call if armed; counts calls."""
+
+    def __init__(self, fn):
+        self.fn, self.armed, self.calls = fn, False, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs.get("resume"))
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self.fn(*args, **kwargs)
+
+
+def test_pipeline_end_to_end_and_resume_after_each_stage(tiny_pipeline, monkeypatch):
+    stages = {
+        "scratch": Interrupt(kdpipe.train.train_baseline),
+        "distill": Interrupt(distill_module.distill),
+        "export": Interrupt(kdpipe.export.export_checkpoint),
+        "bench": Interrupt(kdpipe.deploy.bench.run_bench),
+    }
+    monkeypatch.setattr(kdpipe.train, "train_baseline", stages["scratch"])
+    monkeypatch.setattr(distill_module, "distill", stages["distill"])
+    monkeypatch.setattr(kdpipe.export, "export_checkpoint", stages["export"])
+    monkeypatch.setattr(kdpipe.deploy.bench, "run_bench", stages["bench"])
+    config = load_pipeline_config(str(tiny_pipeline), {})
+    for name in stages:  # each run is interrupted in the next stage
+        stages[name].armed = True
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(config)
+    index = run_pipeline(config)
+    # scratch: interrupted, then resumed once; never rerun after it completed
+    assert stages["scratch"].calls == [False, True]
+    assert stages["distill"].calls == [False, True]
+    # export: once per model (scratch, kd) plus the interrupted call; bench: once plus that call
+    assert len(stages["export"].calls) == 3 and len(stages["bench"].calls) == 2
+    text = index.read_text()
+    for needle in ("teacher", "scratch", "kd/kd.onnx", "onnxruntime", "bench.png"):
+        assert needle in text, needle
+    report = json.loads((index.parent / "pipeline.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "scratch", "kd"]
+    # a second run with the same config does no work at all
+    run_pipeline(config)
+    assert stages["scratch"].calls == [False, True]
+    assert len(stages["bench"].calls) == 2
+
+
+def test_changed_config_redoes_only_the_stages_it_touches(tiny_pipeline, monkeypatch):
+    config = load_pipeline_config(str(tiny_pipeline), {})
+    run_pipeline(config)
+    calls = Interrupt(kdpipe.train.train_baseline)
+    distills = Interrupt(distill_module.distill)
+    monkeypatch.setattr(kdpipe.train, "train_baseline", calls)
+    monkeypatch.setattr(distill_module, "distill", distills)
+    config.distill = {"temperature": 8.0}
+    run_pipeline(config)
+    assert calls.calls == [] and distills.calls == [False]
+
+
+def test_builtin_quickstart_config_names_its_inputs(tmp_path, monkeypatch):
+    assert {"quickstart", "full"} <= set(builtin_configs())
+    config = load_pipeline_config(None, {"out": str(tmp_path / "q")})
+    assert config.methods == ["kd"] and config.student == "resnet20"
+    monkeypatch.chdir(tmp_path)  # no ../shared here and no data given
+    monkeypatch.setattr("kdpipe.pipeline.default_data_path", lambda: None)
+    result = CliRunner().invoke(app, ["pipeline", "--out", str(tmp_path / "q")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--download" in result.output
+
+
+class TinyNet(nn.Module):
+    """A user's own network: any nn.Module; `feature_layers` names the layers for hints."""
+
+    feature_layers = {"stage1": "block1", "stage2": "block2", "embedding": "flatten"}
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+                                    nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flatten(self.pool(self.block2(self.block1(x)))))
+
+
+@MODELS.register("test_tinynet")
+def tinynet(num_classes: int = 10) -> nn.Module:
+    return TinyNet(num_classes)
+
+
+@pytest.mark.parametrize("method", ["fitnets", "kd+rkd"])
+def test_user_defined_student_through_the_python_api(tmp_path, method):
+    from kdpipe.train.distill import DistillConfig, distill
+
+    data = synthetic_dataset(n_train=64, n_test=20)
+    root = write_image_folder(data, tmp_path / "images")
+    teacher = random_teacher(tmp_path / "teacher.pt", data.classes)
+    config = DistillConfig(student="test_tinynet", teacher_checkpoint=str(teacher),
+                           method=method, hint_layer="final", hint_epochs=1, data=str(root),
+                           epochs=1, batch_size=16, device="cpu", progress=False,
+                           out=str(tmp_path / "run"))
+    summary = distill(config)
+    assert summary["model"] == "test_tinynet" and summary["method"] == method
+    model = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert isinstance(model, TinyNet)
+    if method == "fitnets":
+        assert (tmp_path / "run" / "stage1" / "model.pt").exists()

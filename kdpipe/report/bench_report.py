@@ -74,8 +74,24 @@ def markdown(report: BenchReport) -> str:
 
 
 def bench_table(rows: list[BenchRow]) -> str:
-    """The rows as a Markdown table, numbers formatted for people (the JSON keeps them raw)."""
-    shown = [{key: fmt(row) for key, _, fmt in COLUMNS} for row in rows]
+    """The rows as a Markdown table, numbers formatted for people (the JSON keeps them raw).
+
+    A runtime skipped for a whole file (not installed, no GPU, not macOS) would repeat the same
+    reason on every batch size: such rows fold into one row with the batch sizes listed.
+    """
+    shown: list[dict[str, str]] = []
+    folded: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    for row in rows:
+        cells = {key: fmt(row) for key, _, fmt in COLUMNS}
+        if row.status == "ok" or not row.reason:
+            shown.append(cells)
+            continue
+        key = (row.name, row.runtime, row.status, row.reason)
+        if key in folded:
+            folded[key]["batch_size"] += f",{row.batch_size}"
+        else:
+            folded[key] = cells
+            shown.append(cells)
     return markdown_table(shown, [(key, header) for key, header, _ in COLUMNS]).rstrip("\n")
 
 

@@ -93,22 +93,37 @@ def find_shared(relative: Path) -> Path | None:
     return None
 
 
-def resolve_teacher(config: PipelineConfig) -> Path:
+def resolve_teacher(config: PipelineConfig) -> Path | None:
     """The teacher checkpoint path: given, shared, or downloaded when the user allowed it."""
-    if config.teacher_checkpoint and Path(config.teacher_checkpoint).exists():
-        return Path(config.teacher_checkpoint)
-    shared = None if config.teacher_checkpoint else find_shared(SHARED_TEACHER)
+    if config.teacher_checkpoint:
+        return Path(config.teacher_checkpoint) if Path(config.teacher_checkpoint).exists() else None
+    shared = find_shared(SHARED_TEACHER)
     if shared:
         return shared
     if config.download and config.teacher_url:
         return download(config.teacher_url, Path(config.out) / "teacher" / "downloaded.th")
-    missing = config.teacher_checkpoint or "../shared/weights/resnet56-4bfd9763.th"
-    raise KdpipeError(
-        f"teacher checkpoint {missing} not found: set teacher_checkpoint (any kdpipe checkpoint, "
-        "e.g. from `kdpipe train`, or a pytorch_resnet_cifar10 file)"
-        + (", or add --download to fetch it from the config's teacher_url"
-           if config.teacher_url else "")
-    )
+    return None
+
+
+def resolve_inputs(config: PipelineConfig) -> tuple[str, Path]:
+    """The data set and the teacher, or one message that says how to get what is missing."""
+    data = config.data or default_data_path()
+    if data is None and config.download:
+        data = Path(config.out) / "data"  # torchvision downloads CIFAR-10 here
+    teacher = resolve_teacher(config)
+    missing = []
+    if data is None:
+        missing.append("the data set (the default reads ../shared/datasets/"
+                       "cifar10-images.tar.gz): pass --data PATH, an ImageFolder tree or a "
+                       ".tar.gz of one, or --download to let torchvision fetch CIFAR-10")
+    if teacher is None:
+        where = config.teacher_checkpoint or "../shared/weights/resnet56-4bfd9763.th"
+        hint = " or --download to fetch the config's teacher_url" if config.teacher_url else ""
+        missing.append(f"the teacher ({where} not found): pass --teacher-checkpoint PATH, any "
+                       f"kdpipe checkpoint or pytorch_resnet_cifar10 file,{hint}")
+    if missing:
+        raise KdpipeError("the pipeline needs " + "; and ".join(missing))
+    return str(data), teacher
 
 
 def download(url: str, dest: Path) -> Path:
@@ -124,17 +139,6 @@ def download(url: str, dest: Path) -> Path:
     except OSError as e:
         raise KdpipeError(f"could not download {url}: {e}") from None
     return dest
-
-
-def resolve_data(config: PipelineConfig) -> str:
-    path = config.data or default_data_path()
-    if path is None and not config.download:
-        raise KdpipeError(
-            "no data set: the default config reads ../shared/datasets/cifar10-images.tar.gz; "
-            "pass --data PATH (ImageFolder tree or .tar.gz of one) or --download to let "
-            "torchvision fetch CIFAR-10"
-        )
-    return str(path or Path(config.out) / "data")
 
 
 # ---------------------------------------------------------------- stage bookkeeping
@@ -249,8 +253,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     """Run (or resume) every stage; returns the path of the report's `index.md`."""
     from kdpipe.report.pipeline_report import write_pipeline_report
 
-    data = resolve_data(config)
-    teacher = resolve_teacher(config)
+    data, teacher = resolve_inputs(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "config.json", to_dict(config))

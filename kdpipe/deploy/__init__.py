@@ -12,8 +12,7 @@ runtimes (executorch, coremltools, tensorrt) are never imported by `import kdpip
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdpipe.lazy import lazy_exports
 
 _EXPORTS = {
     "RUNTIMES": "kdpipe.deploy.runtimes",
@@ -37,11 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kdpipe.deploy' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

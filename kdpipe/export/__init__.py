@@ -12,8 +12,7 @@ until a target of theirs runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdpipe.lazy import lazy_exports
 
 _EXPORTS = {
     "TARGETS": "kdpipe.export.targets",
@@ -41,11 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kdpipe.export' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,6 +9,7 @@ those methods, never at module level, so `import kdpipe.export` works without th
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -100,7 +101,7 @@ def package_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-class Target:
+class Target(abc.ABC):
     """An export format. Subclasses set the class attributes and implement `export`/`runner`."""
 
     name: ClassVar[str]
@@ -132,6 +133,7 @@ class Target:
         """Whether this export reads calibration images (static int8 activation ranges)."""
         return False
 
+    @abc.abstractmethod
     def export(self, model: nn.Module, meta: ArtifactMetadata, quantize: str,
                calibration: Calibration | None, path: Path,
                batch_sizes: Sequence[int]) -> list[Exported]:
@@ -140,11 +142,10 @@ class Target:
         `model` is the eval-mode `Normalized` model; `meta` is the metadata without file facts,
         to embed; `batch_sizes` are the sizes the artifact(s) must run.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def runner(self, exported: Exported) -> Runner:
         """A callable running the artifact in its own runtime, or the reason it cannot here."""
-        raise NotImplementedError
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         """The metadata stored inside the artifact, or None where the format has no place."""

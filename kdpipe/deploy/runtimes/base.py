@@ -7,6 +7,7 @@ A runtime is one small class registered in `RUNTIMES` with one decorator line. I
 
 from __future__ import annotations
 
+import abc
 import importlib.metadata
 import importlib.util
 from typing import Protocol
@@ -27,7 +28,7 @@ class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
-class Runtime:
+class Runtime(abc.ABC):
     """Base of every runtime; subclasses set the class attributes and implement `load`."""
 
     name: str = ""
@@ -59,9 +60,9 @@ class Runtime:
         except importlib.metadata.PackageNotFoundError:
             return None
 
+    @abc.abstractmethod
     def load(self, artifact: Artifact, threads: int) -> Session:
         """Load `artifact` for inference with `threads` CPU threads."""
-        raise NotImplementedError
 
     def snippet(self, artifact: Artifact) -> str | None:
         """A minimal app-side usage example for `kdpipe deploy` (None: this runtime has none)."""

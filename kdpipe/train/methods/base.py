@@ -13,6 +13,7 @@ trainer minimises:  loss = ce_weight * CE(y, student) + sum_i weight_i * term_i.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,7 +37,7 @@ class Outputs:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class LossTerm(nn.Module):
+class LossTerm(nn.Module, abc.ABC):
     """One named, weighted loss over the student's and the teacher's outputs.
 
     `student_taps` / `teacher_taps` name the feature taps (see `kdpipe.models.feature_layers`) the
@@ -52,8 +53,9 @@ class LossTerm(nn.Module):
         self.student_taps = student_taps
         self.teacher_taps = teacher_taps
 
+    @abc.abstractmethod
     def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The unweighted loss of this term on one batch."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -88,8 +89,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def fast_config(tiny, out: Path, **changes) -> BenchConfig:
-    values = dict(data=str(tiny["data"]), batch_sizes=[1, 4], warmup=2, iters=5, threads=1,
-                  memory=False, progress=False, out=str(out))
+    values = dict(data=str(tiny["data"]), batch_sizes=[1, 4], warmup=2, iters=5, min_time_s=0,
+                  threads=1, memory=False, progress=False, out=str(out))
     return BenchConfig(**{**values, **changes})
 
 
@@ -131,6 +132,28 @@ def test_time_budget_stops_early_but_never_below_the_minimum():
     assert len(durations) == 8
 
 
+def test_min_time_extends_timing_past_iters_until_the_calls_add_up():
+    ticks = [t for i in range(100) for t in (i * 10**9, i * 10**9 + 10**8)]  # 0.1 s per call
+    durations = latency.time_calls(lambda x: None, np.zeros(1), warmup=0, iters=3,
+                                   min_time_s=0.75, clock=FakeClock(ticks))
+    assert len(durations) == 8  # 3 calls are 0.3 s; 8 are the first to reach 0.75 s
+    durations = latency.time_calls(lambda x: None, np.zeros(1), warmup=0, iters=10,
+                                   min_time_s=0.25, clock=FakeClock(ticks))
+    assert len(durations) == 10  # iters is still the floor
+    durations = latency.time_calls(lambda x: None, np.zeros(1), warmup=0, iters=3,
+                                   min_time_s=5.0, budget_s=0.6, clock=FakeClock(ticks))
+    assert len(durations) == 6  # the budget caps what min_time asks for
+
+
+def test_the_device_runner_times_as_long_as_kdpipe_does():
+    slow = lambda x: time.sleep(0.002)  # noqa: E731
+    ours = latency.time_calls(slow, np.zeros(1), warmup=0, iters=2, min_time_s=0.02)
+    theirs = remote_runner.time_calls(slow, np.zeros(1), 0, 2, None, 0.02)
+    for durations in (ours, theirs):
+        assert sum(durations) >= 0.02e9 and len(durations) > 2
+        assert sum(durations[:-1]) < 0.02e9  # stops at the first call that reaches it
+
+
 def test_summarize_uses_linear_percentiles_and_batch_times_calls_over_total_time():
     durations_ns = [i * 1_000_000 for i in range(1, 101)]  # 1..100 ms
     stats = latency.summarize(durations_ns, batch_size=8)
@@ -170,8 +193,8 @@ def test_batch_sizes_parse_from_a_flag_or_a_list():
 def test_eager_and_onnxruntime_bench_writes_the_documented_report(tiny, tmp_path):
     out = tmp_path / "bench"
     result = invoke("bench", tiny["checkpoint"], tiny["onnx"], "--data", tiny["data"],
-                    "--batch-sizes", "1,4", "--warmup", 2, "--iters", 5, "--threads", 1,
-                    "--no-memory", "--out", out)
+                    "--batch-sizes", "1,4", "--warmup", 2, "--iters", 5, "--min-time-s", 0,
+                    "--threads", 1, "--no-memory", "--out", out)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"bench.md", "bench.json", "bench.csv", "bench.png"}
     raw = json.loads((out / "bench.json").read_text())
@@ -267,7 +290,7 @@ def test_a_model_for_other_classes_is_refused_before_anything_runs(tiny, tmp_pat
 
 def test_bench_reads_a_config_file(tiny, tmp_path):
     config = tmp_path / "bench.toml"
-    config.write_text(f'batch_sizes = "2"\niters = 3\nwarmup = 1\nmemory = false\n'
+    config.write_text(f'batch_sizes = "2"\niters = 3\nmin_time_s = 0\nwarmup = 1\nmemory = false\n'
                       f'accuracy = false\nruntimes = ["onnxruntime"]\nout = "{tmp_path / "o"}"\n')
     result = invoke("bench", tiny["onnx"], "--config", config)
     assert result.exit_code == 0, result.output

@@ -266,6 +266,19 @@ def test_teacher_cache_is_shared_and_changes_nothing(tmp_path, data, monkeypatch
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_kd_run_fills_the_cache_for_a_later_rkd_run(tmp_path, data, monkeypatch):
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    forwards = []
+    original = Teacher._forward
+    monkeypatch.setattr(Teacher, "_forward",
+                        lambda self, *a: forwards.append(1) or original(self, *a))
+    cache = str(tmp_path / "cache")
+    distill(config(tmp_path / "kd", teacher, method="kd", teacher_cache=cache))
+    after_kd = len(forwards)  # KD asks only for logits; the embedding is stored all the same
+    distill(config(tmp_path / "rkd", teacher, method="rkd", teacher_cache=cache))
+    assert after_kd > 0 and len(forwards) == after_kd
+
+
 def test_teacher_cache_keys_on_batch_content(tmp_path):
     cache = TeacherCache(tmp_path, "ab" * 32)
     x = torch.randn(4, 3, 8, 8)

@@ -66,6 +66,7 @@ batch_sizes = "1,4"
 batch_sizes = [1]
 warmup = 1
 iters = 3
+min_time_s = 0
 memory = false
 """)
     return config

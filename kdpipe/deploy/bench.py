@@ -49,7 +49,8 @@ def run_bench(paths: Sequence[str | Path],
     images = load_test_images(config, artifacts) if _wants_images(config) else None
     plan = Plan(threads=config.threads or default_threads(),
                 batch_sizes=tuple(config.batch_sizes), warmup=config.warmup, iters=config.iters,
-                time_budget_s=config.time_budget_s, memory=config.memory, images=images)
+                time_budget_s=config.time_budget_s, min_time_s=config.min_time_s,
+                memory=config.memory, images=images)
     with _torch_threads_restored(), open_device(config.device, _device_options(config)) as device:
         device.prepare(work)
         rows, notes = bench_all(device, work, plan, config.progress)
@@ -146,6 +147,7 @@ def protocol(plan: Plan) -> dict[str, Any]:
         "warmup": plan.warmup,
         "iters": plan.iters,
         "time_budget_s": plan.time_budget_s,
+        "min_time_s": plan.min_time_s,
         "threads": plan.threads,
         "batch_sizes": list(plan.batch_sizes),
         "input": f"one pre-allocated float32 batch, uniform [0, 1), numpy seed {INPUT_SEED}",

@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdpipe.config import option
-from kdpipe.deploy.latency import DEFAULT_ITERS, DEFAULT_WARMUP, MIN_TIMED_CALLS
+from kdpipe.deploy.latency import (
+    DEFAULT_ITERS,
+    DEFAULT_MIN_TIME_S,
+    DEFAULT_WARMUP,
+    MIN_TIMED_CALLS,
+)
 from kdpipe.errors import KdpipeError
 
 
@@ -28,7 +33,10 @@ class BenchConfig:
     threads: int | None = option(None, "CPU threads for every runtime [default: the CPUs this "
                                  "process may use]")
     warmup: int = option(DEFAULT_WARMUP, "untimed calls before timing")
-    iters: int = option(DEFAULT_ITERS, "timed calls per batch size")
+    iters: int = option(DEFAULT_ITERS, "timed calls per batch size (at least)")
+    min_time_s: float = option(DEFAULT_MIN_TIME_S, "keep timing a batch size until its timed "
+                               "calls add up to this many seconds (steadier p50s on a busy "
+                               "machine; 0 = exactly --iters calls)")
     time_budget_s: float | None = option(None, "stop timing a batch size after this many seconds "
                                          f"(at least {MIN_TIMED_CALLS} calls)")
     # test data (as for `kdpipe train`)
@@ -56,7 +64,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         self.batch_sizes = parse_batch_sizes(self.batch_sizes)
-        for name in ("warmup", "remote_accuracy"):
+        for name in ("warmup", "remote_accuracy", "min_time_s"):
             if getattr(self, name) < 0:
                 raise KdpipeError(f"{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("iters", "threads", "connect_timeout_s"):

@@ -45,6 +45,7 @@ class Plan:
     warmup: int
     iters: int
     time_budget_s: float | None
+    min_time_s: float
     memory: bool
     images: LabelledImages | None
 
@@ -184,6 +185,7 @@ class LocalDevice:
                 outcome.latency[b] = measure(session.run, artifact.input_shape, b,
                                              warmup=plan.warmup, iters=plan.iters,
                                              budget_s=plan.time_budget_s,
+                                             min_time_s=plan.min_time_s,
                                              sync=getattr(session, "sync", None))
         except KdpipeError as e:
             return RunOutcome(status="failed", reason=str(e))

@@ -4,9 +4,11 @@ Every runtime is timed by the same function, so numbers differ only by what the 
 
 1. the input is one random float32 batch in [0, 1], allocated once and reused for every call;
 2. `warmup` untimed calls first (default 20: lazy initialisation, allocator and cache warm-up);
-3. then `iters` timed calls (default 100), each wrapped in `time.perf_counter_ns` (after a device
-   `sync` where the runtime runs asynchronously, e.g. CUDA), stopping early once a `budget_s`
-   time budget is spent (never before `MIN_TIMED_CALLS`);
+3. then timed calls, each wrapped in `time.perf_counter_ns` (after a device `sync` where the
+   runtime runs asynchronously, e.g. CUDA), until there are `iters` of them (default 100) *and*
+   they add up to `min_time_s` (default 0 here, 1 s in `kdpipe bench`: 100 calls of a 0.3 ms
+   model are a 30 ms sample, which one burst of a neighbour's work can move by half); a
+   `budget_s` time budget stops the loop earlier (never before `MIN_TIMED_CALLS`);
 4. p50/p90/p99 by `numpy.percentile` with linear interpolation; throughput = batch x calls / the
    sum of the timed call durations.
 
@@ -25,6 +27,10 @@ import numpy as np
 
 DEFAULT_WARMUP = 20
 DEFAULT_ITERS = 100
+# `kdpipe bench`'s floor on timed seconds per batch size (the function's own default is 0): long
+# enough that a neighbour's short burst of work barely moves a sub-millisecond model's p50,
+# short enough for a dozen rows in a minute.
+DEFAULT_MIN_TIME_S = 1.0
 # A time budget never cuts the sample below this: p99 of fewer calls is the maximum in disguise.
 MIN_TIMED_CALLS = 5
 INPUT_SEED = 0
@@ -63,24 +69,28 @@ def time_calls(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     budget_s: float | None = None,
+    min_time_s: float = 0.0,
     clock: Callable[[], int] = time.perf_counter_ns,
     sync: Callable[[], None] | None = None,
 ) -> list[int]:
-    """Durations in ns of up to `iters` calls `run(x)` after `warmup` untimed ones.
+    """Durations in ns of calls `run(x)` after `warmup` untimed ones: at least `iters` calls
+    lasting at least `min_time_s` in total, unless `budget_s` of timed calls is spent first.
 
     `sync` (e.g. `torch.cuda.synchronize`) runs before the start and before the stop reading, so
     an asynchronous runtime is charged for its whole work and not for the previous call's.
     """
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    if iters < 1 or warmup < 0 or min_time_s < 0:
+        raise ValueError(f"need iters >= 1, warmup >= 0 and min_time_s >= 0, got iters={iters}, "
+                         f"warmup={warmup}, min_time_s={min_time_s}")
     wait = sync or _no_sync
     for _ in range(warmup):
         run(x)
     wait()
     budget_ns = None if budget_s is None else int(budget_s * 1e9)
+    min_ns = int(min_time_s * 1e9)
     durations: list[int] = []
     spent = 0
-    for _ in range(iters):
+    while len(durations) < iters or spent < min_ns:
         start = clock()
         run(x)
         wait()

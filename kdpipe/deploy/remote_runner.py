@@ -128,12 +128,13 @@ def summarize(durations_ns, batch_size):
             "throughput_ips": batch_size * len(ms) / total_s if total_s > 0 else float("inf")}
 
 
-def time_calls(run, x, warmup, iters, budget_s):
+def time_calls(run, x, warmup, iters, budget_s, min_time_s=0.0):
     for _ in range(warmup):
         run(x)
     budget_ns = None if budget_s is None else int(budget_s * 1e9)
+    min_ns = int(min_time_s * 1e9)
     durations, spent = [], 0
-    for _ in range(iters):
+    while len(durations) < iters or spent < min_ns:
         start = time.perf_counter_ns()
         run(x)
         durations.append(time.perf_counter_ns() - start)
@@ -189,7 +190,7 @@ def bench(args):
     shape = ints(args.input_shape)
     for batch_size in ints(args.batch_sizes):
         x = random_input(batch_size, shape)
-        durations = time_calls(run, x, args.warmup, args.iters, args.budget_s)
+        durations = time_calls(run, x, args.warmup, args.iters, args.budget_s, args.min_time_s)
         result["latency"].append(summarize(durations, batch_size))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
@@ -216,6 +217,7 @@ def main(argv=None):
     b.add_argument("--warmup", type=int, default=20)
     b.add_argument("--iters", type=int, default=100)
     b.add_argument("--budget-s", type=float, default=None)
+    b.add_argument("--min-time-s", type=float, default=0.0)
     b.add_argument("--images", help=".npy of uint8 [N, C, H, W] test images (optional)")
     b.add_argument("--labels", help=".npy of int64 [N] labels")
     b.add_argument("--eval-batch", type=int, default=100)

@@ -221,7 +221,8 @@ class SshDevice:
         args = ["--backend", str(runtime.remote_backend), "--artifact", self._upload(artifact.path),
                 "--input-shape", ",".join(map(str, artifact.input_shape)),
                 "--batch-sizes", ",".join(map(str, batches)), "--threads", str(plan.threads),
-                "--warmup", str(plan.warmup), "--iters", str(plan.iters)]
+                "--warmup", str(plan.warmup), "--iters", str(plan.iters),
+                "--min-time-s", str(plan.min_time_s)]
         if plan.time_budget_s is not None:
             args += ["--budget-s", str(plan.time_budget_s)]
         if artifact.mean is not None and artifact.std is not None:

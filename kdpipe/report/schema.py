@@ -78,8 +78,9 @@ class BenchReport:
       fields of `kdpipe.runinfo.environment()` (`torch`, `kdpipe`, `git_commit`, ...).
     - `host`: the machine kdpipe ran on when `device` is remote (same fields), else None.
     - `runtimes`: runtime name -> version of the package doing the work (None: not installed).
-    - `protocol`: `warmup`, `iters`, `time_budget_s`, `threads`, `batch_sizes`, `input`
-      (how the timed input is made), `percentiles` (how they are computed), `timer`.
+    - `protocol`: `warmup`, `iters`, `time_budget_s`, `min_time_s` (a free-form record: a key
+      added here, such as `min_time_s`, is not a schema change), `threads`, `batch_sizes`,
+      `input` (how the timed input is made), `percentiles` (how they are computed), `timer`.
     - `data`: `source` and `n_test` of the test images behind `top1`, or None.
     - `notes`: caveats a reader needs (e.g. a runtime without a thread setting).
     - `rows`: the `BenchRow`s, in the order benched.

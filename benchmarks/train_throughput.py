@@ -1,7 +1,8 @@
 """Training images/s: kdpipe's pipeline against the plain torchvision loop, side by side in one run.
 
 kdpipe: uint8 images in memory, crop/flip/normalize on whole batches as tensor ops on the training
-device, channels_last, optionally torch.compile (and bf16 autocast on CUDA).
+device, channels_last, optionally torch.compile, and bf16 autocast where the device computes bf16
+natively (CUDA; CPUs with AMX or AVX512-BF16), as `kdpipe train` does by default.
 plain: torchvision ImageFolder + DataLoader(batch 128, 2 workers, shuffle) + PIL RandomCrop(32, 4),
 RandomHorizontalFlip, ToTensor, Normalize; fp32 NCHW; the same model and optimizer.
 
@@ -28,6 +29,7 @@ from torchvision import transforms
 from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, BatchLoader, default_data_path, load_dataset
 from kdpipe.models import create
 from kdpipe.runinfo import environment
+from kdpipe.train.precision import precision_name, uses_bf16
 from kdpipe.train.trainer import resolve_device
 
 
@@ -87,7 +89,7 @@ def kdpipe_rate(name, data, args, device) -> float:
         device=device,
         channels_last=True,
     )
-    step = make_step(compiled, amp=device.type == "cuda", device=device)
+    step = make_step(compiled, amp=uses_bf16(args.amp, device), device=device)
     warmup = args.warmup + (10 if args.compile else 0)
     return images_per_second(step, forever(loader), args.steps, warmup, device, args.batch_size)
 
@@ -164,6 +166,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="kdpipe side in bf16 autocast where the device has native bf16 "
+                        "(kdpipe train's default); the plain loop is always fp32")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if not args.data:
@@ -186,7 +191,9 @@ def main() -> None:
                 f"x{fast / plain:.2f}",
                 flush=True,
             )
-    result = {"rows": rows, "args": vars(args), "environment": environment(device)}
+    result = {"rows": rows, "args": vars(args), "environment": environment(device),
+              "kdpipe_precision": precision_name(args.amp, device)}
+    print(f"kdpipe precision: {result['kdpipe_precision']}")
     if device.type == "cuda":
         result["resnet20_epoch_s"] = full_epoch_seconds(data, args, device)
         print(f"resnet20 full epoch: {result['resnet20_epoch_s']:.2f} s")

@@ -100,6 +100,25 @@ def test_freeze_teacher_and_no_grad_forward():
     assert out.features["embedding"].shape == (2, 64)
 
 
+def test_teacher_runs_in_bf16_only_where_the_run_does(monkeypatch):
+    import kdpipe.train.methods.teacher as teacher_module
+
+    model = freeze_teacher(create("resnet20"))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+    for native in (False, True):
+        monkeypatch.setattr(teacher_module, "uses_bf16", lambda amp, device, n=native: amp and n)
+        out = make_teacher(model)(x, ("embedding",))
+        assert out.logits.dtype == out.features["embedding"].dtype == torch.float32
+        if native:  # bf16 logits: close to fp32, not equal
+            assert not torch.equal(out.logits, reference)
+            torch.testing.assert_close(out.logits, reference, rtol=0.1, atol=0.1)
+        else:
+            torch.testing.assert_close(out.logits, reference)
+        assert torch.equal(make_teacher(model, amp=False)(x).logits, reference)
+
+
 class Recorder(nn.Module):
     feature_layers = {}
 

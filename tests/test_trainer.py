@@ -13,6 +13,7 @@ import torch
 from kdpipe.errors import KdpipeError
 from kdpipe.models import create, load_checkpoint, read_checkpoint
 from kdpipe.train import CrossEntropyObjective, TrainConfig, Trainer
+from kdpipe.train.precision import native_bf16, uses_bf16
 from kdpipe.train.schedule import lr_factor
 
 from .conftest import synthetic_dataset, write_image_folder
@@ -29,6 +30,9 @@ def tiny_config(tmp_path, **overrides) -> TrainConfig:
         out=str(tmp_path / "run"),
         progress=False,
         threads=2,
+        # fp32, the reference numerics: a 24-step toy run is too short to average out bf16's
+        # rounding (test_bf16_autocast_follows_the_hardware covers the default path).
+        amp=False,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -58,6 +62,41 @@ def test_loss_falls_and_files_are_written(tmp_path, tiny_data):
     assert saved["config"]["epochs"] == 3
     model = load_checkpoint(tmp_path / "run" / "model.pt")
     assert model.kdpipe_meta.classes == list(tiny_data.classes)
+
+
+class DtypeProbe(CrossEntropyObjective):
+    """Records the dtype of the student's logits in every training step."""
+
+    def __init__(self, student):
+        super().__init__(student)
+        self.dtypes = []
+
+    def forward(self, images, labels):
+        out = super().forward(images, labels)
+        self.dtypes.append(out.logits.dtype)
+        return out
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_bf16_autocast_follows_the_hardware(tmp_path, tiny_data, amp):
+    objective = DtypeProbe(create("resnet20"))
+    summary = run(tiny_config(tmp_path, epochs=1, amp=amp), tiny_data, objective=objective)
+    bf16 = amp and native_bf16(torch.device("cpu"))
+    assert set(objective.dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+    assert summary["precision"] == ("bf16" if bf16 else "fp32")
+    assert torch.isfinite(torch.tensor(summary["test_loss"]))
+    # The saved student is fp32 whatever it trained in: exporters and evaluation expect that.
+    model = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_native_bf16_is_off_where_it_would_be_emulated(monkeypatch):
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert not native_bf16(torch.device("cpu"))
+    assert not uses_bf16(True, torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert uses_bf16(True, torch.device("cpu")) and not uses_bf16(False, torch.device("cpu"))
 
 
 class InterruptAfter(CrossEntropyObjective):

@@ -39,6 +39,7 @@ from kdpipe.train.methods import (
     needs_teacher,
     resolve,
 )
+from kdpipe.train.precision import precision_name
 from kdpipe.train.run import load_training_data
 from kdpipe.train.trainer import Trainer, resolve_device
 
@@ -106,8 +107,7 @@ def teacher_cache(config: DistillConfig, sha256: str, device: torch.device) -> T
     """The opt-in cache of teacher outputs; bf16 and fp32 outputs are kept apart."""
     if not config.teacher_cache:
         return None
-    return TeacherCache(config.teacher_cache, sha256,
-                        "bf16" if config.amp and device.type == "cuda" else "fp32")
+    return TeacherCache(config.teacher_cache, sha256, precision_name(config.amp, device))
 
 
 def teacher_top1(model: torch.nn.Module, data: Dataset, mean: list[float], std: list[float],

@@ -36,6 +36,7 @@ from kdpipe.train import distributed
 from kdpipe.train.config import TrainConfig
 from kdpipe.train.evaluate import evaluate
 from kdpipe.train.objective import Objective
+from kdpipe.train.precision import precision_name, uses_bf16
 from kdpipe.train.schedule import make_scheduler
 
 # Config fields that may differ between an interrupted run and its resumption.
@@ -100,6 +101,7 @@ class Trainer:
         self.out = Path(config.out)
         self.dist = distributed.from_environment()
         self.device = resolve_device(config.device)
+        self.bf16 = uses_bf16(config.amp, self.device)
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches of `self.epoch` already trained (mid-epoch resume)
         self.stats = EpochStats()
@@ -253,8 +255,7 @@ class Trainer:
             tick = time.perf_counter()
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> Any:
-        use_amp = self.config.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.step_module(images, labels)
         if not torch.isfinite(out.loss):
             raise KdpipeError(
@@ -388,6 +389,7 @@ class Trainer:
             "wall_time_s": self.elapsed,
             "images_per_s": self.train_images / max(self.train_time, 1e-9),
             "world_size": self.dist.world_size,
+            "precision": precision_name(self.config.amp, self.device),
             "environment": environment(self.device),
         }
         if self.dataset.val_images is not None:

@@ -2,9 +2,10 @@
 
 The teacher forward runs under `torch.no_grad()` (not `inference_mode`: inference tensors cannot
 be saved for the student's backward, and losses such as MSE against a teacher feature save them)
-and under bf16 autocast on CUDA. Its outputs come back in float32. The loader normalizes images
-for the student; when the teacher was trained with another mean/std, the batch is re-normalized
-for it on the fly (an affine map per channel), so any kdpipe or zoo checkpoint can teach.
+and under bf16 autocast where the run trains in bf16 (`kdpipe.train.precision`). Its outputs come
+back in float32. The loader normalizes images for the student; when the teacher was trained with
+another mean/std, the batch is re-normalized for it on the fly (an affine map per channel), so any
+kdpipe or zoo checkpoint can teach.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.models import FeatureTaps, feature_layers
 from kdpipe.train.methods.base import Outputs
 from kdpipe.train.methods.cache import TeacherCache
+from kdpipe.train.precision import uses_bf16
 
 
 def freeze_teacher(model: nn.Module) -> nn.Module:
@@ -84,7 +86,7 @@ class Teacher:
             images = images * scale + shift
         device = images.device.type
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16,
-                                             enabled=self.amp and device == "cuda"):
+                                             enabled=uses_bf16(self.amp, images.device)):
             if self.taps is None:
                 logits, features = self.model(images), {}
             else:

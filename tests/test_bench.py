@@ -310,5 +310,11 @@ def test_list_shows_every_registry_with_availability():
     result = invoke("list")
     assert result.exit_code == 0, result.output
     for needle in ("models", "resnet20", "methods", "export targets", "runtimes", "onnxruntime",
-                   "tensorrt", "executorch"):
+                   "tensorrt", "executorch", "training devices"):
         assert needle in result.output
+    from kdpipe.deploy.catalog import training_devices
+    from kdpipe.train.precision import native_bf16
+
+    cpu = training_devices()[0]
+    assert cpu["name"] == "cpu" and cpu["bf16"] == native_bf16(torch.device("cpu"))
+    assert cpu["default precision"] == ("bf16 autocast" if cpu["bf16"] else "fp32")

@@ -1,6 +1,7 @@
 """`kdpipe list`: what this installation offers, from the registries themselves.
 
-Models, distillation methods, export targets (with their quantizations and whether their
+Models, distillation methods, training devices (and whether they compute bf16 natively), export
+targets (with their quantizations and whether their
 optional package is installed) and runtimes (with whether they can run here, and why not).
 Each section is plain records, so the CLI prints tables and a script can read the same data.
 A room that is not installed or importable shows as an empty section with the reason.
@@ -56,8 +57,22 @@ def runtimes() -> list[Record]:
     return records
 
 
+def training_devices() -> list[Record]:
+    """Where `kdpipe train` / `distill` can run here, and in which precision by default."""
+    import torch
+
+    from kdpipe.train.precision import native_bf16
+
+    devices = [torch.device("cpu")]
+    devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [{"name": str(d), "bf16": native_bf16(d),
+             "default precision": "bf16 autocast" if native_bf16(d) else "fp32"}
+            for d in devices]
+
+
 SECTIONS: dict[str, Callable[[], list[Record]]] = {
-    "models": models, "methods": methods, "export targets": targets, "runtimes": runtimes,
+    "models": models, "methods": methods, "training devices": training_devices,
+    "export targets": targets, "runtimes": runtimes,
 }
 
 

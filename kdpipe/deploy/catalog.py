@@ -1,8 +1,8 @@
 """`kdpipe list`: what this installation offers, from the registries themselves.
 
 Models, distillation methods, training devices (and whether they compute bf16 natively), export
-targets (with their quantizations and whether their
-optional package is installed) and runtimes (with whether they can run here, and why not).
+targets (with their quantizations and whether their optional package is installed) and runtimes
+(with whether they can run here, and why not).
 Each section is plain records, so the CLI prints tables and a script can read the same data.
 A room that is not installed or importable shows as an empty section with the reason.
 """

@@ -264,12 +264,18 @@ def test_scratch_needs_no_teacher(tmp_path, data):
 
 
 # ----------------------------------------------------------------------------- teacher cache
-def test_teacher_cache_is_shared_and_changes_nothing(tmp_path, data, monkeypatch):
-    teacher = save_teacher(tmp_path / "teacher.pt")
-    forwards = []
+@pytest.fixture
+def forwards(monkeypatch) -> list[int]:
+    """Grows by one for every teacher forward that is computed, not served from a cache."""
+    calls: list[int] = []
     original = Teacher._forward
     monkeypatch.setattr(Teacher, "_forward",
-                        lambda self, *a: forwards.append(1) or original(self, *a))
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    return calls
+
+
+def test_teacher_cache_is_shared_and_changes_nothing(tmp_path, data, forwards):
+    teacher = save_teacher(tmp_path / "teacher.pt")
     plain = distill(config(tmp_path / "plain", teacher, method="kd+rkd"))
     n_batches = len(forwards)
     cache = tmp_path / "cache"
@@ -285,12 +291,8 @@ def test_teacher_cache_is_shared_and_changes_nothing(tmp_path, data, monkeypatch
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def test_a_kd_run_fills_the_cache_for_a_later_rkd_run(tmp_path, data, monkeypatch):
+def test_a_kd_run_fills_the_cache_for_a_later_rkd_run(tmp_path, data, forwards):
     teacher = save_teacher(tmp_path / "teacher.pt")
-    forwards = []
-    original = Teacher._forward
-    monkeypatch.setattr(Teacher, "_forward",
-                        lambda self, *a: forwards.append(1) or original(self, *a))
     cache = str(tmp_path / "cache")
     distill(config(tmp_path / "kd", teacher, method="kd", teacher_cache=cache))
     after_kd = len(forwards)  # KD asks only for logits; the embedding is stored all the same

@@ -103,6 +103,7 @@ def test_freeze_teacher_and_no_grad_forward():
 def test_teacher_runs_in_bf16_only_where_the_run_does(monkeypatch):
     import kdpipe.train.methods.teacher as teacher_module
 
+    torch.manual_seed(0)
     model = freeze_teacher(create("resnet20"))
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -111,9 +112,10 @@ def test_teacher_runs_in_bf16_only_where_the_run_does(monkeypatch):
         monkeypatch.setattr(teacher_module, "uses_bf16", lambda amp, device, n=native: amp and n)
         out = make_teacher(model)(x, ("embedding",))
         assert out.logits.dtype == out.features["embedding"].dtype == torch.float32
-        if native:  # bf16 logits: close to fp32, not equal
+        if native:  # bf16 logits: close to fp32 (bf16 keeps ~3 digits), not equal
             assert not torch.equal(out.logits, reference)
-            torch.testing.assert_close(out.logits, reference, rtol=0.1, atol=0.1)
+            error = (out.logits - reference).abs().max() / reference.abs().max()
+            assert error < 0.05  # 0.3-0.9% over ten random teachers and inputs
         else:
             torch.testing.assert_close(out.logits, reference)
         assert torch.equal(make_teacher(model, amp=False)(x).logits, reference)

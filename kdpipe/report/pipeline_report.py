@@ -66,7 +66,8 @@ def artifact_rows(artifacts: list[Path]) -> list[dict[str, Any]]:
             "file": f"{path.parent.name}/{path.name}", "format": meta.format,
             "quantization": meta.quantization, "size_kb": round(meta.size_bytes / 1024, 1),
             "parity": agree,
-            "artifact_top1": None if not (parity and parity.checked) else parity.artifact_top1,
+            "artifact_top1": (round(parity.artifact_top1, 2) if parity and parity.checked
+                              else None),
         })
     return rows
 

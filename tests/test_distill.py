@@ -92,6 +92,16 @@ def test_teacher_is_frozen_and_kept_out_of_checkpoint_and_optimizer():
     assert all(p.grad is None for p in teacher.model.parameters())
 
 
+@pytest.mark.slow
+def test_compiled_objective_without_terms_still_trains():
+    # A scratch cell of a sweep with compile = true once raised "element 0 of tensors does not
+    # require grad": torch.compile turned 1.0 * CE into an alias of its detached log copy.
+    torch.manual_seed(0)
+    objective = DistillObjective(create("plaincnn_student"), None, [], ce_weight=1.0).train()
+    out = torch.compile(objective)(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert out.loss.requires_grad and out.loss.grad_fn is not None
+
+
 def test_freeze_teacher_and_no_grad_forward():
     model = freeze_teacher(create("resnet20").train())
     assert not model.training and not any(p.requires_grad for p in model.parameters())

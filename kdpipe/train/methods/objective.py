@@ -80,7 +80,10 @@ class DistillObjective(TeacherObjective):
         with torch.autocast(images.device.type, enabled=False):
             ce = F.cross_entropy(student.logits.float(), labels,
                                  label_smoothing=self.label_smoothing)
-            loss = self.ce_weight * ce
+            # torch.compile folds `1.0 * ce` into `ce` itself, and an output that aliases the
+            # detached `parts["ce"]` below loses its grad_fn (torch 2.14): scratch, or KD at
+            # alpha 0, would not train. So a weight of 1 is not applied at all.
+            loss = ce if self.ce_weight == 1.0 else self.ce_weight * ce
             parts = {"ce": ce.detach()}
             for term in self.terms:
                 value = term(student, teacher, labels)

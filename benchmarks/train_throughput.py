@@ -76,7 +76,8 @@ def forever(loader) -> Iterator:
         epoch += 1
 
 
-def kdpipe_rate(name, data, args, device) -> float:
+def kdpipe_pipeline(name, data, args, device) -> tuple:
+    """kdpipe's training step and in-memory loader for `name`, as `kdpipe train` sets them up."""
     model = create(name).to(device, memory_format=torch.channels_last).train()
     compiled = torch.compile(model) if args.compile else model
     loader = BatchLoader(
@@ -89,7 +90,11 @@ def kdpipe_rate(name, data, args, device) -> float:
         device=device,
         channels_last=True,
     )
-    step = make_step(compiled, amp=uses_bf16(args.amp, device), device=device)
+    return make_step(compiled, amp=uses_bf16(args.amp, device), device=device), loader
+
+
+def kdpipe_rate(name, data, args, device) -> float:
+    step, loader = kdpipe_pipeline(name, data, args, device)
     warmup = args.warmup + (10 if args.compile else 0)
     return images_per_second(step, forever(loader), args.steps, warmup, device, args.batch_size)
 
@@ -133,19 +138,7 @@ def extract(tarball: Path, into: Path) -> Path:
 
 def full_epoch_seconds(data, args, device) -> float:
     """One full ResNet20 epoch over the whole train set (GPU target: <= 4 s), after a warm-up."""
-    model = create("resnet20").to(device, memory_format=torch.channels_last).train()
-    compiled = torch.compile(model) if args.compile else model
-    loader = BatchLoader(
-        data.train_images,
-        data.train_labels,
-        batch_size=args.batch_size,
-        train=True,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        device=device,
-        channels_last=True,
-    )
-    step = make_step(compiled, amp=True, device=device)
+    step, loader = kdpipe_pipeline("resnet20", data, args, device)
     for epoch in range(2):  # epoch 0 warms up (compilation, cuDNN autotune)
         loader.set_epoch(epoch)
         sync(device)

@@ -149,8 +149,8 @@ def test_a_silent_host_times_out_with_one_message(tiny, tmp_path):
 
 def test_a_device_without_the_runtime_is_refused_before_anything_runs(tiny, sshd, tmp_path):
     bare = Path("/usr/bin/python3")
-    probe = subprocess.run([str(bare), "-c", "import onnxruntime"], capture_output=True)
-    if not bare.exists() or probe.returncode == 0:
+    if not bare.exists() or subprocess.run([str(bare), "-c", "import onnxruntime"],
+                                           capture_output=True).returncode == 0:
         pytest.skip("needs a system python3 without onnxruntime to stand for a bare device")
     config = device_config(tiny, sshd, tmp_path / "out", remote_python=str(bare))
     with pytest.raises(KdpipeError, match="lacks.*onnxruntime.*pip install"):

@@ -90,6 +90,33 @@ def test_grid_expands_to_distinct_cells_seed_by_seed(tmp_path):
     assert cells[2].group == "kd-T10-a0.9"
 
 
+EXTRA_SEED = """
+seeds = [0]
+[base]
+student = "resnet20"
+[[grid]]
+method = ["kd", "scratch"]
+[[grid]]
+method = ["scratch"]
+seeds = [2, 1]
+"""
+
+
+def test_a_grid_table_with_its_own_seeds_adds_runs_after_the_top_level_seeds(tmp_path, fake):
+    cells = expand(read_sweep(write(tmp_path, EXTRA_SEED)), tmp_path / "out")
+    assert [c.name for c in cells] == ["kd-T4-a0.9-s0", "scratch-s0", "scratch-s2", "scratch-s1"]
+    assert [c.config.seed for c in cells] == [0, 0, 2, 1]
+    run_sweep(write(tmp_path, EXTRA_SEED), out=tmp_path / "out")
+    md = (tmp_path / "out" / "results.md").read_text()
+    # FakeDistill scores 60 + T + seed + 1 (middle hint layer): scratch gets 65, 67, 66.
+    assert "| Student from scratch | 66.00 ± 1.00% |" in md
+    assert "| 4 | 0.9 | 65.00% |" in md  # kd ran under seed 0 only
+    assert "see the Seeds column" in md
+    for bad in ("seeds = []", "seeds = [1.5]", 'seeds = "1"'):
+        with pytest.raises(KdpipeError, match="non-empty list of integers"):
+            read_sweep(write(tmp_path, EXTRA_SEED.replace("seeds = [2, 1]", bad)))
+
+
 def test_points_vary_options_together_and_bad_keys_are_errors(tmp_path):
     text = """
 [base]
@@ -200,7 +227,7 @@ method = ["scratch", "kd", "rkd"]
     assert "Student from scratch" in md and "RKD (distance + angle)" in md
 
 
-@pytest.mark.parametrize("name, cells", [("resnet", 9), ("plaincnn", 9), ("smoke", 6),
+@pytest.mark.parametrize("name, cells", [("resnet", 12), ("plaincnn", 9), ("smoke", 6),
                                          ("resnet56-short", 9), ("plaincnn-short", 9)])
 def test_shipped_configs_parse(name, cells):
     spec = read_sweep(ROOT / "configs" / f"sweep-{name}.toml")
@@ -210,7 +237,9 @@ def test_shipped_configs_parse(name, cells):
     assert {"scratch", "kd", "fitnets", "rkd"} <= methods
     if name == "resnet":
         kd = [(c.config.temperature, c.config.alpha) for c in expanded if c.config.method == "kd"]
-        assert kd == [(4, 0.9), (10, 0.2), (20, 0.5), (5, 0.2), (40, 0.7)]  # tuned first
+        assert kd == [(4, 0.9), (10, 0.2), (20, 0.5), (5, 0.2), (40, 0.7), (5, 0.2)]  # tuned 1st
+        assert [c.name for c in expanded[9:]] == ["scratch-s1", "kd-T5-a0.2-s1",
+                                                   "rkd-d25-ang50-s1"]  # seed 1 after seed 0
         base = expanded[0].config
         assert (base.epochs, base.limit_train, base.compile, len(spec.seeds)) == (15, None, True, 1)
         assert base.teacher_checkpoint.endswith("resnet110-cifar10jpeg.th")

@@ -18,13 +18,18 @@ The file (TOML or YAML) holds a base `DistillConfig` and a grid over it:
     method = ["kd"]
     points = [{temperature = 10, alpha = 0.2}, {temperature = 4, alpha = 0.9}]
 
+    [[grid]]                           # `seeds` in a grid table: its cells run under these
+    method = ["scratch"]               # seeds instead (an extra seed where a margin is thin)
+    seeds = [1]
+
 A cell is one `distill` run in `out/<cell name>/`; its name holds the method, the options that
 method reads (`kdpipe.train.methods.Method.reads`), any other option the grid varies, and the seed:
 `kd-T10-a0.2-s0`, `fitnets-middle-h5-T4-a0.9-s0`, `scratch-s0`. Options a method does not read are
 reset to the base value, so `scratch` crossed with four temperatures is still one cell. Cells run
-seed by seed in grid order. A cell whose `summary.json` exists, and whose `cell.json` holds the
-same settings hash, is never rerun; an interrupted cell resumes from its `last.pt`; a failed cell
-is reported (`error.txt`) and the others go on. After every cell the report is rewritten:
+seed by seed (top-level seeds first), in grid order within a seed. A cell whose `summary.json`
+exists, and whose `cell.json` holds the same settings hash, is never rerun; an interrupted cell
+resumes from its `last.pt`; a failed cell is reported (`error.txt`) and the others go on. After
+every cell the report is rewritten:
 
     results.md    the KD grid ("Temperature | Alpha | Score"), the other methods and the scratch
                   baseline ("Task | Score", e.g. "Mimicking middle layer | 85.10%") and all cells
@@ -96,6 +101,14 @@ def read_sweep(path: str | Path) -> SweepFile:
         if key in spec.base or any(key in g for g in spec.grid):
             raise KdpipeError(f"{path}: {key} is set per cell by the sweep; use the top-level "
                               f"`{top_level}` instead of {key} in [base] or [[grid]]")
+    if "seeds" in spec.base:
+        raise KdpipeError(f"{path}: seeds goes at the top level or in a [[grid]] table, "
+                          "not in [base]")
+    for seeds in [spec.seeds] + [g["seeds"] for g in spec.grid if "seeds" in g]:
+        if seeds is not None and (not isinstance(seeds, list) or not seeds
+                                  or not all(type(s) is int for s in seeds)):
+            raise KdpipeError(f"{path}: seeds must be a non-empty list of integers, "
+                              f"e.g. seeds = [0, 1] (got {seeds!r})")
     return spec
 
 
@@ -146,15 +159,22 @@ def _part(name: str, value: Any) -> str:
 def expand(spec: SweepFile, out: Path) -> list[Cell]:
     """Every cell of the sweep, seed by seed in grid order, each once."""
     base = resolve_student(from_dict(DistillConfig, spec.base, where="[base]"))
-    seeds = spec.seeds if spec.seeds is not None else [base.seed]
-    points = [p for table in (spec.grid or [{}]) for p in grid_points(table)]
-    configs = [canonical(resolve_student(from_dict(DistillConfig, {**spec.base, **p},
-                                                   where="[[grid]]")), base) for p in points]
+    default_seeds = spec.seeds if spec.seeds is not None else [base.seed]
+    runs = []  # (seed, config) in grid order; a table's own `seeds` replace the top-level ones
+    for table in spec.grid or [{}]:
+        axes = {k: v for k, v in table.items() if k != "seeds"}
+        for point in grid_points(axes):
+            config = canonical(resolve_student(from_dict(DistillConfig, {**spec.base, **point},
+                                                         where="[[grid]]")), base)
+            runs += [(seed, config) for seed in table.get("seeds", default_seeds)]
+    seed_order = list(dict.fromkeys(default_seeds + [seed for seed, _ in runs]))
+    runs.sort(key=lambda run: seed_order.index(run[0]))  # stable: grid order within a seed
+    configs = [config for _, config in runs]
     skip = method_fields() | NOT_RESULT | {"method", "model", "seed"}
     varying = [k for k in to_dict(base) if k not in skip
                and len({json.dumps(to_dict(c)[k]) for c in configs}) > 1]
     cells: dict[str, Cell] = {}
-    for seed, config in itertools.product(seeds, configs):
+    for seed, config in runs:
         parts = [config.method] + [_part(f, getattr(config, f)) for f in reads(config.method)]
         group = "-".join(parts + [_part(f, getattr(config, f)) for f in varying])
         name = f"{group}-s{seed}"
@@ -306,11 +326,14 @@ def report_tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
 def markdown_report(title: str, tables: dict[str, Table], records: list[dict[str, Any]]) -> str:
     first = records[0] if records else {}
     seeds = sorted({r["seed"] for r in records})
+    counts = {row["seeds"] for row in tables["cells"][0]}
+    over = " (mean ± std over seeds)" if counts == {len(seeds)} else \
+        " (mean ± std where a row has several seeds: see the Seeds column)"
     lines = [f"# {title or 'kdpipe sweep'}", ""]
     if first:
         lines += [f"Student {first['student']}, teacher {first['teacher'] or '-'}; "
                   f"{first['epochs']} epochs; seeds {seeds}; test top-1 at the last epoch"
-                  + (" (mean ± std over seeds)" if len(seeds) > 1 else "") + ".", ""]
+                  + (over if len(seeds) > 1 else "") + ".", ""]
     sections = (("kd", "Response based (Hinton et al. 2015)"), ("tasks", "Tasks"),
                 ("cells", "All cells"))
     for key, heading in sections:

@@ -75,9 +75,29 @@ def sweep(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells, run none"),
 ) -> None:
-    """Run a grid of distill cells (resumable: finished cells are kept), then write the tables.
+    # A raw docstring: `\[` keeps rich markup from taking [base] for a style tag in --help.
+    r"""Run a grid of distill cells (resumable: finished cells are kept), then write the tables.
 
-    Example: kdpipe sweep configs/sweep-resnet.toml  (see kdpipe/train/sweep.py for the format)
+    The sweep file: \[base] holds options of `kdpipe distill`; each \[\[grid]] table
+    is the product of its lists; `points` varies options together; top-level
+    `seeds` runs every cell once per seed, a table's own `seeds` only its cells.
+
+        out = "runs/my-sweep"
+        seeds = [0]
+        \[base]
+        teacher_checkpoint = "runs/teacher/model.pt"
+        student = "resnet20"
+        epochs = 15
+        \[\[grid]]
+        method = ["scratch", "rkd", "fitnets"]
+        \[\[grid]]
+        method = ["kd"]
+        points = [{temperature = 10, alpha = 0.2}, {temperature = 4, alpha = 0.9}]
+
+    Writes results.md ("Temperature | Alpha | Score", "Task | Score"),
+    CSV tables and results.png into out.
+
+    Example: kdpipe sweep configs/sweep-resnet.toml --dry-run   (lists the cells)
     """
     from kdpipe.train.sweep import run_sweep
 

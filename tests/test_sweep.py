@@ -254,3 +254,11 @@ def test_cli_sweep_dry_run_and_run(tmp_path, fake):
     done = runner.invoke(app, ["sweep", str(sweep), "--out", str(tmp_path / "out")])
     assert done.exit_code == 0, done.output
     assert "10 cells run" in done.output and len(fake.calls) == 10
+
+
+def test_cli_sweep_help_shows_the_file_format():
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    # rich markup would swallow unescaped [base] / [[grid]] as style tags
+    assert "[base]" in result.output and "[[grid]]" in result.output
+    assert "points = [{temperature = 10, alpha = 0.2}" in result.output

@@ -227,7 +227,7 @@ method = ["scratch", "kd", "rkd"]
     assert "Student from scratch" in md and "RKD (distance + angle)" in md
 
 
-@pytest.mark.parametrize("name, cells", [("resnet", 12), ("plaincnn", 9), ("smoke", 6),
+@pytest.mark.parametrize("name, cells", [("resnet", 12), ("plaincnn", 12), ("smoke", 6),
                                          ("resnet56-short", 9), ("plaincnn-short", 9)])
 def test_shipped_configs_parse(name, cells):
     spec = read_sweep(ROOT / "configs" / f"sweep-{name}.toml")

@@ -214,7 +214,7 @@ def test_fitnets_stage1_updates_only_the_guided_part_and_regressor(tmp_path):
     ("kd+rkd", "middle"),
 ])
 def test_few_steps_of_each_method_with_the_pretrained_resnet56(tmp_path, data, method, hint_layer,
-                                                              monkeypatch):
+                                                              monkeypatch, capsys):
     teacher = shared_file(RESNET56)
     cfg = config(tmp_path, teacher, method=method, hint_layer=hint_layer)
     summary = distill(cfg)
@@ -225,6 +225,8 @@ def test_few_steps_of_each_method_with_the_pretrained_resnet56(tmp_path, data, m
     assert load_checkpoint(tmp_path / "run" / "model.pt").kdpipe_meta.model == "resnet20"
     if method == "fitnets":
         assert summary["stages"]["stage1"]["epochs"] == 1
+        shown = capsys.readouterr().err  # the hint stage's chance-level top-1 is explained
+        assert "top-1 stays near chance" in shown and "main stage (fitnets)" in shown
         # --resume after the end: the finished hint stage is not trained again.
         stage1 = (tmp_path / "run" / "stage1" / "metrics.jsonl").read_text()
         calls = []

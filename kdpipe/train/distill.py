@@ -130,7 +130,8 @@ def run_stage(stage: Stage, config: DistillConfig, data: Dataset, resume: bool,
     out = Path(config.out) / stage.name
     if resume and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    console.print(f"{stage.name}: {stage.epochs} epochs in {out}")
+    console.print(f"{stage.name}: {stage.epochs} epochs in {out}"
+                  + (f" ({stage.about})" if stage.about else ""))
     stage_config = dataclasses.replace(config, out=str(out), epochs=stage.epochs)
     trainer = Trainer(stage_config, stage.objective, data, resume=resume,
                       record={**record, "stage": stage.name})
@@ -158,6 +159,8 @@ def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
         student.load_state_dict(raw["state_dict"])  # the next phase starts where this one ended
     objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight,
                                  config.label_smoothing)
+    if plan.stages:
+        console.print(f"main stage ({config.method}): {config.epochs} epochs in {config.out}")
     trainer = Trainer(config, objective, data, resume=resume, record=record)
     trainer.setup()
     return trainer.fit()

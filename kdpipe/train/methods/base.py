@@ -66,6 +66,7 @@ class Stage:
     name: str
     epochs: int
     objective: Objective
+    about: str = ""  # one line for the console: what this phase trains, what its numbers mean
 
 
 @dataclass

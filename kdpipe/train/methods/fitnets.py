@@ -118,5 +118,8 @@ def fitnets(ctx: MethodContext) -> Plan:
         # starts from the stage-1 checkpoint's weights.
         hint = HintObjective(copy.deepcopy(ctx.student), ctx.teacher, regressor, student_tap,
                              teacher_tap, ctx.input_shape)
-        plan.stages.append(Stage("stage1", c.hint_epochs, hint))
+        plan.stages.append(Stage(
+            "stage1", c.hint_epochs, hint,
+            about=f"FitNets hints: the student up to its {c.hint_layer} stage and the regressor "
+                  "learn the teacher's feature map; top-1 stays near chance until the KD stage"))
     return plan

@@ -163,6 +163,7 @@ def test_report_has_the_survey_tables_mean_std_csv_and_plot(tmp_path, fake):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| Temperature | Alpha | Score |" in md
     assert "| 4 | 0.9 | 65.50 ± 0.71% |" in md  # seeds 0 and 1: 65 and 66
+    assert "| 10 | 0.9 | 71.50 ± 0.71% | +6.00 |" in md  # the margin over scratch (65.50)
     assert "| Task | Score |" in md
     assert "| Teacher (resnet110) | 88.50% |" in md
     assert "| Mimicking middle layer | 65.50 ± 0.71% |" in md
@@ -170,8 +171,8 @@ def test_report_has_the_survey_tables_mean_std_csv_and_plot(tmp_path, fake):
     assert "| Student from scratch |" in md
     with open(tmp_path / "out" / "kd.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["temperature"], r["alpha"], float(r["top1"])) for r in rows] == [
-        ("4", "0.9", 65.5), ("10", "0.9", 71.5)]
+    assert [(r["temperature"], r["alpha"], float(r["top1"]), float(r["vs_scratch"]))
+            for r in rows] == [("4", "0.9", 65.5, 0.0), ("10", "0.9", 71.5, 6.0)]
     png = Path(result["files"]["plot"]).read_bytes()
     assert png.startswith(b"\x89PNG")
     records = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -32,7 +32,8 @@ resumes from its `last.pt`; a failed cell is reported (`error.txt`) and the othe
 every cell the report is rewritten:
 
     results.md    the KD grid ("Temperature | Alpha | Score"), the other methods and the scratch
-                  baseline ("Task | Score", e.g. "Mimicking middle layer | 85.10%") and all cells
+                  baseline ("Task | Score", e.g. "Mimicking middle layer | 85.10%") and all cells,
+                  each with its margin over the scratch baseline ("vs scratch") when there is one
     kd.csv, tasks.csv, cells.csv, results.json, results.png (top-1 per cell, scratch as a line)
 """
 
@@ -300,6 +301,7 @@ Table = tuple[list[dict[str, Any]], list[tuple[str, str]], list[tuple[str, str]]
 def report_tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
     """The KD grid, the tasks and all cells, each as (rows, Markdown columns, CSV columns):
     Markdown shows the formatted score, CSV the raw mean and std."""
+    rows = with_margin_over_scratch(rows)
     kd = [{**r, "temperature": _value(r["temperature"]), "alpha": _value(r["alpha"])}
           for r in rows if r["method"] == KD_TABLE_METHOD]
     several_students = len({r["student"] for r in rows}) > 1
@@ -308,19 +310,34 @@ def report_tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
                                                                         None),
               "top1": teacher["teacher_top1"]}] if teacher else []
     tasks += [{"task": r["label"] + (f" ({r['student']})" if several_students else ""),
-               "score": r["score"], "top1": r["top1"], "top1_std": r["top1_std"]}
+               **{k: r[k] for k in ("score", "top1", "top1_std", "vs_scratch", "margin")}}
               for r in rows if r["method"] != KD_TABLE_METHOD]
-    raw = [("top1", "top1"), ("top1_std", "top1_std")]
+    raw = [("top1", "top1"), ("top1_std", "top1_std"), ("vs_scratch", "vs_scratch")]
+    margin = [("margin", "vs scratch")] if any(r["margin"] for r in rows) else []
     cell_columns = [("group", "Cell"), ("method", "Method"), ("student", "Student"),
-                    ("seeds", "Seeds"), ("score", "Top-1"), ("params", "Params"),
+                    ("seeds", "Seeds"), ("score", "Top-1"), *margin, ("params", "Params"),
                     ("epochs", "Epochs"), ("wall_time_s", "Wall time (s)")]
     kd_columns = [("temperature", "Temperature"), ("alpha", "Alpha"), ("score", "Score")]
     task_columns = [("task", "Task"), ("score", "Score")]
     return {
-        "kd": (kd, kd_columns, kd_columns[:2] + raw),
-        "tasks": (tasks, task_columns, task_columns[:1] + raw),
-        "cells": (rows, cell_columns, [c for c in cell_columns if c[0] != "score"] + raw),
+        "kd": (kd, kd_columns + margin, kd_columns[:2] + raw),
+        "tasks": (tasks, task_columns + margin, task_columns[:1] + raw),
+        "cells": (rows, cell_columns, [c for c in cell_columns if c[0] not in ("score", "margin")]
+                  + raw),
     }
+
+
+def with_margin_over_scratch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row plus `vs_scratch`: its mean top-1 minus that of the scratch row of its student
+    (the bar every method has to clear), None where there is no such row or it is scratch."""
+    scratch = {r["student"]: r["top1"] for r in rows if r["method"] == "scratch"}
+    out = []
+    for r in rows:
+        base = scratch.get(r["student"]) if r["method"] != "scratch" else None
+        delta = None if base is None else round(r["top1"] - base, 4)
+        out.append({**r, "vs_scratch": delta,
+                    "margin": "" if delta is None else f"{delta:+.2f}"})
+    return out
 
 
 def markdown_report(title: str, tables: dict[str, Table], records: list[dict[str, Any]]) -> str:

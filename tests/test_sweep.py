@@ -110,7 +110,8 @@ def test_a_grid_table_with_its_own_seeds_adds_runs_after_the_top_level_seeds(tmp
     md = (tmp_path / "out" / "results.md").read_text()
     # FakeDistill scores 60 + T + seed + 1 (middle hint layer): scratch gets 65, 67, 66.
     assert "| Student from scratch | 66.00 ± 1.00% |" in md
-    assert "| 4 | 0.9 | 65.00% |" in md  # kd ran under seed 0 only
+    # kd ran under seed 0 only: its margin pairs it with scratch's seed 0 (65), not the mean (66)
+    assert "| 4 | 0.9 | 65.00% | +0.00 |" in md
     assert "see the Seeds column" in md
     for bad in ("seeds = []", "seeds = [1.5]", 'seeds = "1"'):
         with pytest.raises(KdpipeError, match="non-empty list of integers"):

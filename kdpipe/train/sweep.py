@@ -290,6 +290,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         std = statistics.stdev(top1) if len(top1) > 1 else None
         rows.append({**{k: v for k, v in members[0].items() if k not in ("cell", "seed")},
                      "seeds": len(top1), "top1": statistics.fmean(top1), "top1_std": std,
+                     "top1_by_seed": {m["seed"]: m["top1"] for m in members},
                      "score": score(statistics.fmean(top1), std),
                      "wall_time_s": round(statistics.fmean(m["wall_time_s"] for m in members))})
     return rows
@@ -313,28 +314,38 @@ def report_tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
                **{k: r[k] for k in ("score", "top1", "top1_std", "vs_scratch", "margin")}}
               for r in rows if r["method"] != KD_TABLE_METHOD]
     raw = [("top1", "top1"), ("top1_std", "top1_std"), ("vs_scratch", "vs_scratch")]
-    margin = [("margin", "vs scratch")] if any(r["margin"] for r in rows) else []
+    gain = [("margin", "vs scratch")] if any(r["margin"] for r in rows) else []
     cell_columns = [("group", "Cell"), ("method", "Method"), ("student", "Student"),
-                    ("seeds", "Seeds"), ("score", "Top-1"), *margin, ("params", "Params"),
+                    ("seeds", "Seeds"), ("score", "Top-1"), *gain, ("params", "Params"),
                     ("epochs", "Epochs"), ("wall_time_s", "Wall time (s)")]
     kd_columns = [("temperature", "Temperature"), ("alpha", "Alpha"), ("score", "Score")]
     task_columns = [("task", "Task"), ("score", "Score")]
     return {
-        "kd": (kd, kd_columns + margin, kd_columns[:2] + raw),
-        "tasks": (tasks, task_columns + margin, task_columns[:1] + raw),
+        "kd": (kd, kd_columns + gain, kd_columns[:2] + raw),
+        "tasks": (tasks, task_columns + gain, task_columns[:1] + raw),
         "cells": (rows, cell_columns, [c for c in cell_columns if c[0] not in ("score", "margin")]
                   + raw),
     }
 
 
+def paired_gain(row: dict[str, Any], scratch: dict[str, Any]) -> float:
+    """Mean top-1 gain over scratch, paired by seed where both ran it (a seed fixes the initial
+    student and the batch order, so pairing removes that noise); else the difference of means."""
+    mine, theirs = row["top1_by_seed"], scratch["top1_by_seed"]
+    common = [seed for seed in mine if seed in theirs]
+    if not common:
+        return row["top1"] - scratch["top1"]
+    return statistics.fmean(mine[seed] - theirs[seed] for seed in common)
+
+
 def with_margin_over_scratch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row plus `vs_scratch`: its mean top-1 minus that of the scratch row of its student
-    (the bar every method has to clear), None where there is no such row or it is scratch."""
-    scratch = {r["student"]: r["top1"] for r in rows if r["method"] == "scratch"}
+    """Each row plus `vs_scratch`, its `margin` over the scratch row of its student (the bar
+    every method has to clear); None where there is no such row or the row is scratch."""
+    scratch = {r["student"]: r for r in rows if r["method"] == "scratch"}
     out = []
     for r in rows:
         base = scratch.get(r["student"]) if r["method"] != "scratch" else None
-        delta = None if base is None else round(r["top1"] - base, 4)
+        delta = None if base is None else round(paired_gain(r, base), 4)
         out.append({**r, "vs_scratch": delta,
                     "margin": "" if delta is None else f"{delta:+.2f}"})
     return out
@@ -351,6 +362,9 @@ def markdown_report(title: str, tables: dict[str, Table], records: list[dict[str
         lines += [f"Student {first['student']}, teacher {first['teacher'] or '-'}; "
                   f"{first['epochs']} epochs; seeds {seeds}; test top-1 at the last epoch"
                   + (over if len(seeds) > 1 else "") + ".", ""]
+    if any(r.get("margin") for r in tables["cells"][0]):
+        lines += ["\"vs scratch\": top-1 points gained over the student trained from scratch, "
+                  "seed against the same seed (same initial weights and batch order).", ""]
     sections = (("kd", "Response based (Hinton et al. 2015)"), ("tasks", "Tasks"),
                 ("cells", "All cells"))
     for key, heading in sections:

@@ -314,15 +314,16 @@ def report_tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
                **{k: r[k] for k in ("score", "top1", "top1_std", "vs_scratch", "margin")}}
               for r in rows if r["method"] != KD_TABLE_METHOD]
     raw = [("top1", "top1"), ("top1_std", "top1_std"), ("vs_scratch", "vs_scratch")]
-    gain = [("margin", "vs scratch")] if any(r["margin"] for r in rows) else []
+    margin_column = [("margin", "vs scratch")] if any(r["margin"] for r in rows) else []
     cell_columns = [("group", "Cell"), ("method", "Method"), ("student", "Student"),
-                    ("seeds", "Seeds"), ("score", "Top-1"), *gain, ("params", "Params"),
+                    ("seeds", "Seeds"), ("score", "Top-1"), *margin_column,
+                    ("params", "Params"),
                     ("epochs", "Epochs"), ("wall_time_s", "Wall time (s)")]
     kd_columns = [("temperature", "Temperature"), ("alpha", "Alpha"), ("score", "Score")]
     task_columns = [("task", "Task"), ("score", "Score")]
     return {
-        "kd": (kd, kd_columns + gain, kd_columns[:2] + raw),
-        "tasks": (tasks, task_columns + gain, task_columns[:1] + raw),
+        "kd": (kd, kd_columns + margin_column, kd_columns[:2] + raw),
+        "tasks": (tasks, task_columns + margin_column, task_columns[:1] + raw),
         "cells": (rows, cell_columns, [c for c in cell_columns if c[0] not in ("score", "margin")]
                   + raw),
     }

@@ -3,6 +3,7 @@ cache, heterogeneous pairs, clear errors before training, and the `kdpipe distil
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 
@@ -21,6 +22,7 @@ from kdpipe.train.methods import (
     METHODS,
     DistillObjective,
     MethodContext,
+    Outputs,
     Teacher,
     TeacherCache,
     build_plan,
@@ -28,6 +30,7 @@ from kdpipe.train.methods import (
     label,
     resolve,
 )
+from kdpipe.train.methods.dkd import DKDTerm
 from kdpipe.train.methods.fitnets import HintObjective, hint_tap
 
 from .conftest import SHARED_WEIGHTS, shared_file, synthetic_dataset
@@ -352,3 +355,125 @@ def test_cli_distill_end_to_end(tmp_path):
                                                                         "resnet20")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert (saved["temperature"], saved["alpha"], saved["student"]) == (4.0, 0.9, "resnet20")
+
+
+# ----------------------------------------------------------------------------- at, dkd, dist, lskd
+NEW_METHODS = ["dkd", "dist", "lskd", "at"]
+
+
+@pytest.mark.parametrize("method", [*NEW_METHODS, "dkd+rkd"])
+def test_one_tiny_distill_of_each_new_method(tmp_path, data, method):
+    teacher = save_teacher(tmp_path / "teacher.pt", seed=1)
+    summary = distill(config(tmp_path, teacher, method=method, dkd_warmup_epochs=0.5))
+    assert summary["method"] == method and summary["model"] == "resnet20"
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    for part in ["ce", *method.split("+")]:
+        key = "train_rkd_angle" if part == "rkd" else f"train_{part}"
+        assert torch.isfinite(torch.tensor(row[key])), key
+    assert row["train_ce"] > 0 and row[f"train_{method.split('+')[0]}"] > 0
+    assert load_checkpoint(tmp_path / "run" / "model.pt").kdpipe_meta.model == "resnet20"
+
+
+def test_new_methods_are_registered_with_their_paper_defaults():
+    assert set(NEW_METHODS) <= set(METHODS.names())
+    teacher = make_teacher(create("resnet20"))
+    cfg = DistillConfig()
+
+    def plan(method, **kw):
+        c = DistillConfig(method=method, **kw)
+        return build_plan(method, MethodContext(create("resnet20"), teacher, c, (3, 32, 32)))
+
+    dkd = plan("dkd").terms[0]
+    assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 8.0, 4.0, 20.0)
+    dist = plan("dist").terms[0]
+    assert (dist.beta, dist.gamma, dist.temperature) == (2.0, 2.0, 4.0)
+    lskd = plan("lskd", temperature=2.0)
+    assert (lskd.ce_weight, lskd.terms[0].weight, lskd.terms[0].temperature) == (0.1, 9.0, 2.0)
+    at = plan("at").terms[0]
+    assert at.weight == 1000.0 and at.student_taps == at.teacher_taps == (
+        "stage1", "stage2", "stage3")  # the outputs of the three residual groups
+    composed = plan("dkd+rkd")
+    assert composed.ce_weight == 1.0
+    assert [t.name for t in composed.terms] == ["dkd", "rkd_distance", "rkd_angle"]
+    assert label("dkd", cfg) == "DKD (alpha=1, beta=8, T=4)"
+    assert label("dist", cfg) == "DIST (beta=2, gamma=2, T=4)"
+    assert label("lskd", DistillConfig(temperature=2.0)) == "KD with logit standardization (T=2)"
+    assert label("at", cfg) == "Attention transfer (beta=1000)"
+    with pytest.raises(KdpipeError, match="dkd_warmup_epochs"):
+        plan("dkd", dkd_warmup_epochs=-1.0)
+
+
+def test_at_pairs_stages_of_other_sizes_and_refuses_a_model_without_stages():
+    """MobileNetV2's stages are 16x16 where the ResNet's stage1 is 32x32: the student's maps are
+    resized to the teacher's; a teacher without stage taps is a clear error."""
+    student = create("mobilenetv2_x0_5")
+    teacher = make_teacher(create("resnet20"))
+    cfg = DistillConfig(method="at")
+    plan = build_plan("at", MethodContext(student, teacher, cfg, (3, 32, 32)))
+    objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight)
+    out = objective(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(out.parts["at"]) and out.parts["at"] > 0
+    out.loss.backward()
+    with pytest.raises(KdpipeError, match="stage taps"):
+        build_plan("at", MethodContext(create("resnet20"), make_teacher(Recorder()), cfg,
+                                       (3, 32, 32)))
+
+
+def test_dkd_weight_ramps_from_zero_to_one_over_the_warmup():
+    term = DKDTerm(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=2.0)
+    g = torch.Generator().manual_seed(0)
+    student = Outputs(torch.randn(6, 10, generator=g))
+    teacher = Outputs(torch.randn(6, 10, generator=g))
+    labels = torch.arange(6)
+    values = []
+    for epochs in (0.0, 1.0, 2.0, 3.5):
+        term.start_step(epochs)
+        values.append(term(student, teacher, labels).item())
+    full = values[2]
+    assert full > 0 and values[0] == 0.0  # the first step: no DKD at all
+    assert values[1] == pytest.approx(0.5 * full) and values[3] == pytest.approx(full)
+    term.warmup_epochs = 0.0  # no warm-up: full weight from the first step
+    term.start_step(0.0)
+    assert term(student, teacher, labels).item() == pytest.approx(full)
+    assert "epochs" not in term.state_dict()  # set before every step, so not in the checkpoint
+
+
+def test_trainer_tells_the_objective_its_position_in_epochs_before_each_step(tmp_path, data,
+                                                                            monkeypatch):
+    ramps = []
+    original = DKDTerm.forward
+
+    def recording(self, student, teacher, labels):
+        ramps.append(self.ramp().item())
+        return original(self, student, teacher, labels)
+
+    monkeypatch.setattr(DKDTerm, "forward", recording)
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    # 16 images in batches of 8: two steps per epoch, at 0, 0.5, 1 and 1.5 epochs.
+    distill(config(tmp_path, teacher, method="dkd", epochs=2, dkd_warmup_epochs=1.25))
+    assert ramps == pytest.approx([0.0, 0.4, 0.8, 1.0])
+
+
+def test_a_run_begun_before_the_new_options_existed_resumes(tmp_path, data):
+    teacher = save_teacher(tmp_path / "teacher.pt")
+    cfg = config(tmp_path, teacher, method="kd", epochs=1)
+    distill(cfg)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("at_weight", "dkd_alpha", "dkd_beta", "dkd_warmup_epochs", "dist_beta",
+                "dist_gamma", "lskd_weight", "lskd_ce_weight"):
+        del saved["config"][key]  # as a config.json written by an older kdpipe
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    distill(cfg, resume=True)  # the added options are at their defaults: nothing changed
+    with pytest.raises(KdpipeError, match="would change dkd_beta"):
+        (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+        distill(dataclasses.replace(cfg, dkd_beta=2.0), resume=True)
+
+
+def test_cli_help_shows_the_new_methods_options():
+    result = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--dkd-alpha", "--dkd-beta", "--dkd-warmup-epochs", "--dist-beta",
+                 "--dist-gamma", "--lskd-weight", "--lskd-ce-weight", "--at-weight"):
+        assert flag in result.output, flag
+    text = " ".join(result.output.replace("│", " ").split())  # help lines wrap in a box
+    assert "lskd (its paper uses 2: pass --temperature 2)" in text

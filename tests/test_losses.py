@@ -1,5 +1,6 @@
 """Each distillation loss against values computed by hand with explicit loops, plus the
-properties the papers state: KD's gradient, RKD's scale and translation invariance."""
+properties the papers state: KD's gradient, RKD's scale and translation invariance, DKD's
+decomposition of KD, the invariances of DIST, logit standardization and attention maps."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import torch
 
 from kdpipe.train.losses import (
     HintRegressor,
+    at_loss,
+    dist_loss,
+    dkd_loss,
     hint_loss,
     kd_loss,
     rkd_angle_loss,
     rkd_distance_loss,
+    standardized_kd_loss,
 )
+from kdpipe.train.losses.dkd import nckd_loss, tckd_loss
 
 
 def softmax(row: list[float], t: float) -> list[float]:
@@ -178,3 +184,176 @@ def test_rkd_loss_is_zero_for_identical_relations(loss):
     t = torch.randn(5, 3)
     rotation = torch.linalg.qr(torch.randn(3, 3))[0]
     assert loss(2.0 * t @ rotation + 1.0, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- DKD (Zhao 2022)
+LABELS = [2, 3, 0]  # the target class of each row of STUDENT / TEACHER
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
+
+
+def hand_tckd_nckd(s_rows: list[list[float]], t_rows: list[list[float]], labels: list[int],
+                   t: float) -> tuple[float, float]:
+    """Both DKD parts from their definitions: the binary split, and the softmax over the
+    non-target classes alone (no masking trick)."""
+    tckd = nckd = 0.0
+    for s, te, y in zip(s_rows, t_rows, labels, strict=True):
+        ps, pt = softmax(s, t), softmax(te, t)
+        tckd += kl([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+        others = [j for j in range(len(s)) if j != y]
+        nckd += kl(softmax([te[j] for j in others], t), softmax([s[j] for j in others], t))
+    n = len(s_rows)
+    return tckd / n * t * t, nckd / n * t * t
+
+
+@pytest.mark.parametrize("alpha, beta, t", [(1.0, 8.0, 4.0), (1.0, 2.0, 1.0), (0.5, 3.0, 10.0)])
+def test_dkd_loss_matches_hand_computed_parts(alpha, beta, t):
+    tckd, nckd = hand_tckd_nckd(STUDENT, TEACHER, LABELS, t)
+    got = dkd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS),
+                   alpha, beta, t)
+    assert got.item() == pytest.approx(alpha * tckd + beta * nckd, rel=1e-4)
+
+
+def test_dkd_with_beta_zero_is_alpha_tckd_and_alpha_zero_is_beta_nckd():
+    s, te, y = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
+    tckd, nckd = hand_tckd_nckd(STUDENT, TEACHER, LABELS, 4.0)
+    assert dkd_loss(s, te, y, 1.5, 0.0, 4.0).item() == pytest.approx(1.5 * tckd, rel=1e-4)
+    assert dkd_loss(s, te, y, 0.0, 2.0, 4.0).item() == pytest.approx(2.0 * nckd, rel=1e-4)
+    assert tckd_loss(s, te, y, 4.0).item() == pytest.approx(tckd, rel=1e-4)
+    assert nckd_loss(s, te, y, 4.0).item() == pytest.approx(nckd, rel=1e-4)
+
+
+@pytest.mark.parametrize("row", range(3))
+def test_dkd_reassembles_kd_with_beta_one_minus_teacher_target_probability(row):
+    # The paper's reformulation: KD = TCKD + (1 - p_t^teacher) NCKD, per sample.
+    s, te, y = torch.tensor([STUDENT[row]]), torch.tensor([TEACHER[row]]), LABELS[row]
+    beta = 1.0 - softmax(TEACHER[row], 4.0)[y]
+    got = dkd_loss(s, te, torch.tensor([y]), 1.0, beta, 4.0)
+    assert got.item() == pytest.approx(kd_loss(s, te, 4.0).item(), rel=1e-4)
+
+
+def test_dkd_is_zero_for_equal_logits_and_finite_for_a_confident_student():
+    te, y = torch.tensor(TEACHER), torch.tensor(LABELS)
+    assert dkd_loss(te.clone(), te, y, 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    # p_t = 1 in float32: 1 - p_t would be 0 and its log -inf in the probability-space form.
+    confident = torch.full((3, 4), -60.0)
+    confident[torch.arange(3), y] = 60.0
+    confident.requires_grad_(True)
+    loss = dkd_loss(confident, te, y, 1.0, 8.0, 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(confident.grad).all()
+
+
+# ---------------------------------------------------------------------------- DIST (Huang 2022)
+def pearson(u: list[float], v: list[float]) -> float:
+    mu, mv = sum(u) / len(u), sum(v) / len(v)
+    cov = sum((a - mu) * (b - mv) for a, b in zip(u, v, strict=True))
+    return cov / math.sqrt(sum((a - mu) ** 2 for a in u) * sum((b - mv) ** 2 for b in v))
+
+
+def hand_dist(s_rows: list[list[float]], t_rows: list[list[float]], beta: float, gamma: float,
+              t: float) -> float:
+    ys = [softmax(r, t) for r in s_rows]
+    yt = [softmax(r, t) for r in t_rows]
+    inter = 1 - sum(pearson(a, b) for a, b in zip(ys, yt, strict=True)) / len(ys)
+    classes = range(len(ys[0]))
+    intra = 1 - sum(pearson([r[j] for r in ys], [r[j] for r in yt]) for j in classes) / len(classes)
+    return t * t * (beta * inter + gamma * intra)
+
+
+@pytest.mark.parametrize("beta, gamma, t", [(1.0, 1.0, 1.0), (2.0, 2.0, 4.0), (1.0, 0.0, 2.0),
+                                            (0.0, 1.0, 4.0)])
+def test_dist_loss_matches_hand_computed_correlations(beta, gamma, t):
+    got = dist_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), beta, gamma, t)
+    assert got.item() == pytest.approx(hand_dist(STUDENT, TEACHER, beta, gamma, t), rel=1e-5)
+
+
+def test_dist_loss_is_zero_for_equal_logits_and_ignores_sample_and_class_order():
+    te = torch.tensor(TEACHER)
+    # Not exactly 0: the 1e-8 added to the norms' product, against centred probabilities with
+    # squared norms down to 1.6e-3 at T = 4, leaves up to 6e-6 per correlation, times T^2 = 16.
+    assert dist_loss(te.clone(), te, 1.0, 1.0, 4.0).item() == pytest.approx(0.0, abs=1e-3)
+    assert dist_loss(te.clone(), te, 1.0, 1.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+    s = torch.tensor(STUDENT)
+    base = dist_loss(s, te, 1.0, 1.0, 4.0)
+    rows, cols = torch.tensor([2, 0, 1]), torch.tensor([3, 1, 0, 2])
+    torch.testing.assert_close(dist_loss(s[rows], te[rows], 1.0, 1.0, 4.0), base)
+    torch.testing.assert_close(dist_loss(s[:, cols], te[:, cols], 1.0, 1.0, 4.0), base)
+
+
+# -------------------------------------------------------------- logit standardization (Sun 2024)
+def zscore(row: list[float]) -> list[float]:
+    mean = sum(row) / len(row)
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))  # unbiased
+    return [(v - mean) / (std + 1e-7) for v in row]
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0, 4.0])
+def test_standardized_kd_matches_hand_computed_kl_of_zscores(t):
+    expected = sum(kl(softmax(zscore(te), t), softmax(zscore(s), t))
+                   for s, te in zip(STUDENT, TEACHER, strict=True)) / len(STUDENT) * t * t
+    got = standardized_kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), t)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_standardized_kd_ignores_each_samples_logit_scale_and_shift():
+    s, te = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    base = standardized_kd_loss(s, te, 2.0)
+    scale, shift = torch.tensor([[0.5], [3.0], [7.0]]), torch.tensor([[1.0], [-4.0], [0.3]])
+    torch.testing.assert_close(standardized_kd_loss(s * scale + shift, te, 2.0), base,
+                               rtol=1e-4, atol=1e-6)
+    # A student whose logits are an affine map of the teacher's already matches it: plain KD
+    # would still ask for the teacher's range.
+    assert standardized_kd_loss(3.0 * te + 2.0, te, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(3.0 * te + 2.0, te, 2.0).item() > 0.1
+
+
+# ------------------------------------------------------------ attention transfer (Zagoruyko 2017)
+def hand_at(s: torch.Tensor, t: torch.Tensor) -> float:
+    """Per sample: the map mean_c f^2 over every position, its L2 norm, then the squared
+    differences averaged over samples and positions (same spatial size)."""
+    b, _, h, w = t.shape
+    total = 0.0
+    for i in range(b):
+        maps = []
+        for f in (s[i].tolist(), t[i].tolist()):
+            q = [sum(f[c][y][x] ** 2 for c in range(len(f))) / len(f)
+                 for y in range(h) for x in range(w)]
+            n = math.sqrt(sum(v * v for v in q))
+            maps.append([v / n for v in q])
+        total += sum((a - c) ** 2 for a, c in zip(*maps, strict=True))
+    return total / (b * h * w)
+
+
+def test_at_loss_matches_hand_computed_attention_maps():
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)  # C differs
+    assert at_loss(s, t).item() == pytest.approx(hand_at(s, t), rel=1e-5)
+
+
+def test_at_loss_is_zero_for_equal_maps_and_ignores_feature_scale():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    assert at_loss(t.clone(), t).item() == pytest.approx(0.0, abs=1e-9)
+    torch.testing.assert_close(at_loss(5.0 * s, t), at_loss(s, t))
+
+
+def test_at_loss_resizes_the_student_map_to_the_teachers_size():
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(2, 4, 4, 4, generator=g)
+    # The teacher's map at twice the resolution, each value in a 2x2 block, with twice the
+    # channels: bilinear downsizing by 2 averages each block, giving back the teacher's map.
+    s = torch.cat([t, t], 1).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert at_loss(s, t).item() == pytest.approx(0.0, abs=1e-9)
+    assert at_loss(torch.randn(2, 4, 8, 8, generator=g), t).item() > 0
+    with pytest.raises(ValueError, match="feature maps"):
+        at_loss(torch.randn(2, 4), t)
+
+
+def test_at_gradient_reaches_the_student_only():
+    s = torch.randn(2, 3, 4, 4, requires_grad=True)
+    t = torch.randn(2, 3, 4, 4, requires_grad=True)
+    at_loss(s, t).backward()
+    assert t.grad is None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0

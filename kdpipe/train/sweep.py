@@ -64,7 +64,9 @@ NOT_RESULT = frozenset({"out", "progress", "threads", "device", "cache_dir", "nu
                         "teacher_cache"})
 # How options appear in cell names; an option not listed appears as name=value.
 SHORT = {"temperature": "T", "alpha": "a", "hint_layer": "", "hint_epochs": "h",
-         "rkd_distance_weight": "d", "rkd_angle_weight": "ang", "student": ""}
+         "rkd_distance_weight": "d", "rkd_angle_weight": "ang", "student": "",
+         "at_weight": "w", "dkd_alpha": "a", "dkd_beta": "b", "dkd_warmup_epochs": "wu",
+         "dist_beta": "b", "dist_gamma": "g", "lskd_weight": "w", "lskd_ce_weight": "ce"}
 KD_TABLE_METHOD = "kd"  # the method whose grid fills the "Temperature | Alpha | Score" table
 
 
@@ -185,6 +187,14 @@ def expand(spec: SweepFile, out: Path) -> list[Cell]:
 
 
 # --------------------------------------------------------------------------- running
+def changed_settings(now: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    """The settings that differ. One missing from `before` is an option added to kdpipe after
+    that cell ran: at its default it cannot have changed the result."""
+    defaults = result_settings(DistillConfig())
+    return sorted(k for k in set(now) | set(before)
+                  if k not in now or now[k] != before.get(k, defaults.get(k)))
+
+
 def is_done(cell: Cell) -> bool:
     """Finished with the same settings; a cell started with other settings is an error."""
     saved_file = cell.folder / CELL_FILE
@@ -194,9 +204,9 @@ def is_done(cell: Cell) -> bool:
     if saved["settings_hash"] != settings_hash(cell.config):
         if not (cell.folder / "last.pt").exists() and not (cell.folder / "summary.json").exists():
             return False  # never trained: its cell.json is simply rewritten
-        now, before = result_settings(cell.config), saved["settings"]
-        changed = sorted(k for k in set(now) | set(before)
-                         if k not in now or k not in before or now[k] != before[k])
+        changed = changed_settings(result_settings(cell.config), saved["settings"])
+        if not changed:
+            return (cell.folder / "summary.json").exists()
         raise KdpipeError(
             f"cell {cell.name} in {cell.folder} was run with other settings (changed: "
             f"{', '.join(changed)}); delete that folder to rerun it, or sweep into another out"

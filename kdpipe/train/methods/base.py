@@ -57,6 +57,11 @@ class LossTerm(nn.Module, abc.ABC):
     def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
         """The unweighted loss of this term on one batch."""
 
+    def start_step(self, epochs: float) -> None:
+        """Hook for terms that follow the schedule (DKD's warm-up): called before every training
+        step with the position in epochs of the run's schedule, 0 at its first step, fractional
+        within an epoch (epoch + batch / batches per epoch)."""
+
 
 @dataclass
 class Stage:

@@ -71,6 +71,12 @@ class DistillObjective(TeacherObjective):
         if teacher is not None:
             teacher.require(self.teacher_taps)
 
+    def start_step(self, epochs: float) -> None:
+        """The trainer's position in the schedule, in epochs, passed on to every term (see
+        `LossTerm.start_step`); called before each training step, outside any compiled graph."""
+        for term in self.terms:
+            term.start_step(epochs)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         teacher = self.teacher(images, self.teacher_taps) if len(self.terms) else None  # scratch
         if self.taps is None:

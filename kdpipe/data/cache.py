@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 FORMAT = "kdpipe.data.cache"
 VERSION = 1  # bump when the layout or the decoding changes, so old files miss
 TENSORS = ("train_images", "train_labels", "test_images", "test_labels")
+_WARNED: set[Path] = set()  # cache folders already reported as unwritable
 
 
 def default_cache_dir() -> Path:
@@ -57,9 +58,13 @@ def save_cached(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically; a cache that cannot be written costs speed next time, not this run."""
     try:
         torch_save(path, {"format": FORMAT, "version": VERSION, **payload})
-    except OSError as e:
-        log.warning("could not write the image cache %s (%s); set KDPIPE_CACHE or --cache-dir "
-                    "to a writable folder to make the next load fast", path, e)
+    # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), not an OSError.
+    except (OSError, RuntimeError) as e:
+        if path.parent not in _WARNED:  # once per folder: a sweep loads its data many times
+            _WARNED.add(path.parent)
+            log.warning("could not write the image cache %s (%s); going on without it. Set "
+                        "KDPIPE_CACHE or --cache-dir to a writable folder with room to make the "
+                        "next load fast", path, e)
 
 
 def _check(payload: Any, image_size: int) -> str | None:

@@ -143,12 +143,14 @@ def _load_file(path: Path, map_location: Any) -> tuple[Any, str]:
     try:
         obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch words it "Unsupported global: GLOBAL x.y" or, for a blocked module such as
+        # os/posix, "Trying to load unsupported GLOBAL x.y whose module x is blocked".
+        refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(e), re.IGNORECASE)
         if refused:
             raise KdpipeError(
-                f"{path} holds a Python object ({refused[1]}) that safe loading "
-                "(torch.load weights_only=True) refuses; kdpipe reads only checkpoints of tensors "
-                "and plain values, such as those written by save_checkpoint"
+                f"{path} refused: it contains code ({refused[1]}), not just tensors; kdpipe loads "
+                "checkpoints with weights_only=True, so none of it ran. Load only checkpoints of "
+                "tensors and plain values, such as those written by save_checkpoint"
             ) from None
         raise KdpipeError(_unreadable(path, e)) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on damaged files

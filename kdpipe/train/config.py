@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kdpipe.config import option
+from kdpipe.errors import KdpipeError
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+# Option -> (is the value valid, given the whole config?, the valid range in words). One table for
+# `TrainConfig` and its subclasses (`DistillConfig`'s alpha and temperature too), checked whenever
+# a config is built, so a flag or a file key out of range is refused before any data is read.
+RANGES: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "epochs": (lambda v, c: v >= 1, "at least 1"),
+    "batch_size": (lambda v, c: v >= 1, "at least 1"),
+    "lr": (lambda v, c: v >= 0, "0 or more"),
+    # Equal to --epochs is allowed: `--epochs 1` with the default 1-epoch warm-up is common.
+    "warmup_epochs": (lambda v, c: 0 <= v <= c.epochs, "from 0 to --epochs ({epochs})"),
+    "threads": (lambda v, c: v is None or v >= 1, "at least 1 (or unset: PyTorch's choice)"),
+    "device": (lambda v, c: isinstance(v, str) and _DEVICE.fullmatch(v) is not None,
+               "auto, cpu, cuda or cuda:N"),
+    "alpha": (lambda v, c: 0 <= v <= 1, "from 0 to 1"),
+    "temperature": (lambda v, c: v > 0, "above 0"),
+}
+
+
+def check_ranges(config: Any) -> None:
+    """Raise a `KdpipeError` for the first field of `config` outside its range in `RANGES`."""
+    for f in dataclasses.fields(config):
+        rule = RANGES.get(f.name)
+        value = getattr(config, f.name)
+        if rule is not None and not rule[0](value, config):
+            flag = "--" + f.name.replace("_", "-")
+            allowed = rule[1].format_map(vars(config))
+            raise KdpipeError(f"{flag} {value!r} is out of range: it must be {allowed}")
 
 
 @dataclass
@@ -68,3 +101,6 @@ class TrainConfig:
     threads: int | None = option(None, "torch intra-op threads [default: PyTorch's choice]")
     out: str = option("runs/train", "run folder for checkpoints, metrics and summary")
     progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)

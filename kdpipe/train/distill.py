@@ -25,7 +25,7 @@ from kdpipe import atomic
 from kdpipe.config import option
 from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, Dataset
 from kdpipe.errors import KdpipeError
-from kdpipe.models import checkpoint_meta, create, load_checkpoint, read_checkpoint
+from kdpipe.models import checkpoint_meta, load_checkpoint, read_checkpoint
 from kdpipe.progress import console
 from kdpipe.train.config import TrainConfig
 from kdpipe.train.evaluate import check_compatible, evaluate
@@ -40,8 +40,8 @@ from kdpipe.train.methods import (
     resolve,
 )
 from kdpipe.train.precision import precision_name
-from kdpipe.train.run import load_training_data
-from kdpipe.train.trainer import Trainer, resolve_device
+from kdpipe.train.run import create_student, load_training_data
+from kdpipe.train.trainer import Trainer, hold_run_folder, resolve_device
 
 
 @dataclass
@@ -55,8 +55,11 @@ class DistillConfig(TrainConfig):
                                  "(default: read from the checkpoint)")
     teacher_checkpoint: str | None = option(None, "teacher weights: a kdpipe checkpoint or a "
                                             "pytorch_resnet_cifar10 file")
-    method: str = option("kd", "kd | fitnets | rkd | scratch, or a sum such as kd+rkd")
-    temperature: float = option(4.0, "KD softmax temperature T (Hinton et al. 2015)")
+    method: str = option("kd", "kd | fitnets | rkd | at | dkd | dist | lskd | scratch, or a sum "
+                         "such as kd+rkd (see `kdpipe list`)")
+    temperature: float = option(4.0, "softmax temperature T of kd and FitNets' KD stage (Hinton "
+                                "et al. 2015), dkd and dist (4 in their papers' CIFAR settings "
+                                "too) and lskd (its paper uses 2: pass --temperature 2)")
     alpha: float = option(0.9, "KD weight: loss = (1 - alpha) * CE(labels, student) + alpha * "
                           "T^2 * KL(teacher_T || student_T); alpha = 0 is plain cross-entropy")
     hint_layer: Literal["middle", "final"] = option(
@@ -64,6 +67,20 @@ class DistillConfig(TrainConfig):
     hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs")
     rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)")
     rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)")
+    at_weight: float = option(1000.0, "attention transfer weight beta on the sum of the stages' "
+                              "attention losses (Zagoruyko & Komodakis 2017, CIFAR code: 1e3)")
+    dkd_alpha: float = option(1.0, "DKD target-class (TCKD) weight alpha (Zhao et al. 2022)")
+    dkd_beta: float = option(8.0, "DKD non-target-class (NCKD) weight beta (Zhao et al. 2022, "
+                             "CIFAR-100: 8; their code uses 2 for ResNet56/110 teachers)")
+    dkd_warmup_epochs: float = option(20.0, "epochs over which the DKD weight ramps linearly from "
+                                      "0 to 1, per step (Zhao et al. 2022: 20 of 240 epochs)")
+    dist_beta: float = option(2.0, "DIST inter-class (per sample) relation weight beta (Huang et "
+                              "al. 2022: 1, times the code's DIST loss weight 2)")
+    dist_gamma: float = option(2.0, "DIST intra-class (per class over the batch) relation weight "
+                               "gamma (Huang et al. 2022: 1, times the code's loss weight 2)")
+    lskd_weight: float = option(9.0, "weight of the logit-standardized KD term (Sun et al. 2024, "
+                                "CIFAR-100: 9)")
+    lskd_ce_weight: float = option(0.1, "lskd's cross-entropy weight (Sun et al. 2024: 0.1)")
     teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "
                                        "per augmented batch, so runs with the same seed and data "
                                        "share them (worth it on CPU)")
@@ -143,24 +160,25 @@ def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
     """Distill `config.teacher_checkpoint` into a fresh `config.student`; returns the summary."""
     config = resolve_student(config)
     resolve(config.method)  # an unknown method fails before the data loads
-    data = load_training_data(config)
-    teacher, record = None, {"method": config.method}
-    if needs_teacher(config.method) or config.teacher_checkpoint:
-        teacher, info = load_teacher(config, data)
-        record.update(info)
-    torch.manual_seed(config.seed)  # the same initial student for every method of a seed
-    student = create(config.model, num_classes=len(data.classes), **config.model_kwargs)
-    plan = build_plan(config.method, MethodContext(student, teacher, config, data.image_shape))
-    for stage in plan.stages:
-        summary = run_stage(stage, config, data, resume, record)
-        record.setdefault("stages", {})[stage.name] = {
-            "epochs": stage.epochs, "wall_time_s": summary["wall_time_s"]}
-        _, raw = read_checkpoint(Path(config.out) / stage.name / "model.pt")
-        student.load_state_dict(raw["state_dict"])  # the next phase starts where this one ended
-    objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight,
-                                 config.label_smoothing)
-    if plan.stages:
-        console.print(f"main stage ({config.method}): {config.epochs} epochs in {config.out}")
-    trainer = Trainer(config, objective, data, resume=resume, record=record)
-    trainer.setup()
-    return trainer.fit()
+    with hold_run_folder(config.out):  # the stages too: a second run is refused before any work
+        data = load_training_data(config)
+        teacher, record = None, {"method": config.method}
+        if needs_teacher(config.method) or config.teacher_checkpoint:
+            teacher, info = load_teacher(config, data)
+            record.update(info)
+        # the same initial student for every method of a seed, and for `kdpipe train` too
+        student = create_student(config, len(data.classes))
+        plan = build_plan(config.method, MethodContext(student, teacher, config, data.image_shape))
+        for stage in plan.stages:
+            summary = run_stage(stage, config, data, resume, record)
+            record.setdefault("stages", {})[stage.name] = {
+                "epochs": stage.epochs, "wall_time_s": summary["wall_time_s"]}
+            _, raw = read_checkpoint(Path(config.out) / stage.name / "model.pt")
+            student.load_state_dict(raw["state_dict"])  # the next phase starts where this ended
+        objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight,
+                                     config.label_smoothing)
+        if plan.stages:
+            console.print(f"main stage ({config.method}): {config.epochs} epochs in {config.out}")
+        trainer = Trainer(config, objective, data, resume=resume, record=record)
+        trainer.setup()
+        return trainer.fit()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from kdpipe.data import Dataset, default_data_path, load_dataset, subset
 from kdpipe.models import MODELS, create
 from kdpipe.train.config import TrainConfig
 from kdpipe.train.objective import CrossEntropyObjective
-from kdpipe.train.trainer import Trainer
+from kdpipe.train.trainer import Trainer, hold_run_folder, seed_everything
 
 
 def load_training_data(config: TrainConfig) -> Dataset:
@@ -29,12 +31,20 @@ def load_training_data(config: TrainConfig) -> Dataset:
     )
 
 
+def create_student(config: TrainConfig, num_classes: int) -> nn.Module:
+    """`config.model` initialised from `config.seed` alone, whatever ran before: a scratch
+    baseline and a distilled student of one seed start from the same weights."""
+    seed_everything(config.seed)
+    return create(config.model, num_classes=num_classes, **config.model_kwargs)
+
+
 def train_baseline(config: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train `config.model` from scratch with cross-entropy; returns the run's summary."""
     MODELS.get(config.model)  # an unknown model fails before the data is read
-    data = load_training_data(config)
-    model = create(config.model, num_classes=len(data.classes), **config.model_kwargs)
-    objective = CrossEntropyObjective(model, label_smoothing=config.label_smoothing)
-    trainer = Trainer(config, objective, data, resume=resume, record={"method": "scratch"})
-    trainer.setup()
-    return trainer.fit()
+    with hold_run_folder(config.out):  # a second run on this folder is refused before any work
+        data = load_training_data(config)
+        model = create_student(config, len(data.classes))
+        objective = CrossEntropyObjective(model, label_smoothing=config.label_smoothing)
+        trainer = Trainer(config, objective, data, resume=resume, record={"method": "scratch"})
+        trainer.setup()
+        return trainer.fit()

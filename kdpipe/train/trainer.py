@@ -6,26 +6,41 @@ minimised is an `Objective`; the trainer never looks inside it.
 
 Files in the run folder (`config.out`):
     config.json     the resolved configuration
+    kdpipe.lock     held while the run is going (`kdpipe.runlock`): one run per folder
     last.pt         student + trainer state, rewritten atomically after every epoch (and on Ctrl-C)
-    metrics.jsonl   one JSON line per epoch
+    metrics.jsonl   one JSON line per epoch; last.pt holds the same rows, and on resume the file
+                    is rewritten from them, so a kill at any moment leaves one row per epoch
     model.pt        the final student checkpoint (what `kdpipe eval` and `kdpipe export` take)
     summary.json    top-1, params, MACs, wall time, images/s, device, versions, git commit
+
+Ctrl-C is taken between two steps: the signal only sets a flag, which the loop reads before each
+step and after each epoch; then last.pt is saved and `KeyboardInterrupt` raised. A step cut short
+would already have moved BatchNorm's running statistics for a batch that resume trains again, so
+the resumed run would differ from an uninterrupted one; taken at a boundary it is bit-identical
+on CPU. A second Ctrl-C stops at once, leaving last.pt at its last save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kdpipe import atomic
+from kdpipe import atomic, runlock
 from kdpipe.config import to_dict
 from kdpipe.data import Dataset, make_loader
 from kdpipe.errors import KdpipeError
@@ -41,6 +56,30 @@ from kdpipe.train.schedule import make_scheduler
 
 # Config fields that may differ between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"progress", "out", "threads", "device", "cache_dir", "data", "num_workers"}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and `random`: every command calls this before it builds a
+    model, so one seed gives one initialisation in `kdpipe train`, `distill` and a sweep."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def hold_run_folder(out: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Any]:
+    """Lock the run folder `out` for a `with` block (`kdpipe.runlock`); in a torchrun job only the
+    main process holds it, since the other ranks share its folder."""
+    if distributed.from_environment().is_main:
+        return runlock.hold(out)
+    return contextlib.nullcontext()
+
+
+class _StopAtBoundary(KeyboardInterrupt):
+    """Ctrl-C, taken between two steps: the run saves last.pt there and stops."""
+
+
+class _AbortNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, mid-step maybe, so last.pt is left as it was."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,13 +147,27 @@ class Trainer:
         self.elapsed = 0.0  # wall time over all sessions of this run
         self.train_time = 0.0  # time spent in training steps over all sessions
         self.train_images = 0
+        self.history: list[dict[str, Any]] = []  # the metrics rows of the completed epochs
+        self.saved_at = (0, 0)  # (epoch, batch) that last.pt holds
+        self.stop_requested = False  # set by Ctrl-C, read at step boundaries
+        self._lock: runlock.RunLock | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Lock the run folder (until `fit` ends), then build loader, optimizer and schedule."""
+        if self.dist.is_main:
+            self._lock = runlock.acquire(self.out)
+        try:
+            self._build()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _build(self) -> None:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         distributed.init(self.dist, self.device)
         self._check_run_folder()
         self.objective.to(self.device)
@@ -157,6 +210,9 @@ class Trainer:
         )
         if self.resume and (self.out / "last.pt").exists():
             self._load_trainer_state()
+        if self.dist.is_main:  # rows of epochs that last.pt does not hold go (a fresh run: all)
+            atomic.write_text(self.out / "metrics.jsonl",
+                              "".join(json.dumps(r, default=str) + "\n" for r in self.history))
         self.step_module: nn.Module = self.objective
         if self.dist.enabled:
             self.step_module = DistributedDataParallel(
@@ -186,8 +242,12 @@ class Trainer:
         if self.resume and last.exists():
             saved = json.loads((self.out / "config.json").read_text())["config"]
             now = to_dict(self.config)
+            # An option missing from the saved config was added to kdpipe after the run began;
+            # at its default it changes nothing.
+            defaults = to_dict(type(self.config)())
             changed = sorted(
-                k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]
+                k for k in now
+                if k not in _RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now[k]
             )
             if changed:
                 raise KdpipeError(
@@ -195,13 +255,27 @@ class Trainer:
                     "resume with the same settings or start a new --out"
                 )
 
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the summary (also written to summary.json)."""
+        try:
+            self._train_epochs()
+            return self._finish()
+        finally:
+            self._release_lock()
+
+    def _train_epochs(self) -> None:
         started = time.perf_counter() - self.elapsed
         cfg = self.config
+        self.stop_requested = False
         try:
-            with progress_bar(cfg.progress and self.dist.is_main) as bar:
+            with (self._ctrl_c_between_steps(),
+                  progress_bar(cfg.progress and self.dist.is_main) as bar):
                 task = bar.add_task(
                     f"epoch {self.epoch + 1}/{cfg.epochs}", total=len(self.loader), info=""
                 )
@@ -212,15 +286,54 @@ class Trainer:
                         description=f"epoch {self.epoch + 1}/{cfg.epochs}",
                     )
                     self._train_epoch(bar, task)
+                    self._check_stop()
                     self.elapsed = time.perf_counter() - started
                     self._end_epoch()
-        except KeyboardInterrupt:
+                    self._check_stop()
+        except KeyboardInterrupt as e:
+            # "interrupted" itself is the CLI's word (kdpipe.cliutil), printed once.
             self.elapsed = time.perf_counter() - started
-            if self.dist.is_main:
+            if self.dist.is_main and isinstance(e, _AbortNow):
+                epoch, batch = self.saved_at
+                console.print(f"not saved: --resume continues from {self.out / 'last.pt'} at "
+                              f"epoch {epoch + 1}, batch {batch}")
+            elif self.dist.is_main:
                 self.save_checkpoint()
-                console.print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+                console.print(f"saved {self.out / 'last.pt'} at epoch {self.epoch + 1}, batch "
+                              f"{self.batch_in_epoch}; continue with --resume")
             raise
-        return self._finish()
+
+    @contextlib.contextmanager
+    def _ctrl_c_between_steps(self) -> Iterator[None]:
+        """While training, Ctrl-C (SIGINT) sets `stop_requested` instead of raising mid-step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Python runs signal handlers in the main thread only: nothing to defer
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise _AbortNow
+            self.stop_requested = True
+            # os.write, not print: a handler may run inside a print to the same stream.
+            with contextlib.suppress(OSError):
+                os.write(2, b"Ctrl-C: stopping after this step; press it again to stop at once "
+                            b"without saving\n")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _check_stop(self) -> None:
+        """At a step boundary: stop if Ctrl-C was pressed, in any process of a torchrun job (all
+        must stop at the same step, or the others would wait in the next all-reduce forever)."""
+        stop = self.stop_requested
+        if self.dist.enabled:
+            flag = torch.tensor([float(stop)], device=self.device)
+            stop = distributed.all_reduce_sum(flag, self.dist).item() > 0
+        if stop:
+            raise _StopAtBoundary
 
     def _train_epoch(self, bar: Any, task: Any) -> None:
         self.objective.train()
@@ -230,6 +343,10 @@ class Trainer:
         for i, (images, labels) in enumerate(self.loader):
             if i < self.batch_in_epoch:  # resumed mid-epoch: the order is a function of the epoch
                 continue
+            self._check_stop()
+            start_step = getattr(self.objective, "start_step", None)
+            if start_step is not None:  # losses that follow the schedule (DKD's warm-up)
+                start_step(self.epoch + i / len(self.loader))
             out = self._step(images, labels)
             self.batch_in_epoch = i + 1
             now = time.perf_counter()
@@ -269,29 +386,38 @@ class Trainer:
         return out
 
     def _end_epoch(self) -> None:
-        stats = self.stats
+        # The row (evaluation included) is made before any state moves on, so an interruption
+        # inside it saves the epoch as trained but not yet logged, and resume logs it.
+        row = self._epoch_row() if self.dist.is_main else {}
         self.epoch += 1
         self.batch_in_epoch = 0
         self.stats = EpochStats()
         if not self.dist.is_main:
             distributed.barrier(self.dist)
             return
-        row: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update(stats.summary())
-        row["images_per_s"] = stats.seen * self.dist.world_size / max(stats.train_time, 1e-9)
-        row.update({f"test_{k}": v for k, v in self._evaluate("test").items() if k != "n"})
-        if self.dataset.val_images is not None:
-            row.update({f"val_{k}": v for k, v in self._evaluate("val").items() if k != "n"})
-        row["elapsed_s"] = self.elapsed
-        atomic.append_jsonl(self.out / "metrics.jsonl", row)
+        self.history.append(row)
         self.last_row = row
+        # last.pt (holding every row) first: a run killed before the append gets the row back
+        # from it on resume, and one killed before last.pt has neither.
         self.save_checkpoint()
+        atomic.append_jsonl(self.out / "metrics.jsonl", row)
         console.print(
             f"epoch {self.epoch}/{self.config.epochs}  loss {row['train_loss']:.3f}  "
             f"train {row['train_top1']:.1f}%  test {row['test_top1']:.2f}%  "
             f"{row['images_per_s']:.0f} img/s"
         )
         distributed.barrier(self.dist)
+
+    def _epoch_row(self) -> dict[str, Any]:
+        stats = self.stats
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update(stats.summary())
+        row["images_per_s"] = stats.seen * self.dist.world_size / max(stats.train_time, 1e-9)
+        row.update({f"test_{k}": v for k, v in self._evaluate("test").items() if k != "n"})
+        if self.dataset.val_images is not None:
+            row.update({f"val_{k}": v for k, v in self._evaluate("val").items() if k != "n"})
+        row["elapsed_s"] = self.elapsed
+        return row
 
     def _evaluate(self, split: str) -> dict[str, float]:
         images = getattr(self.dataset, f"{split}_images")
@@ -339,9 +465,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "objective_extras": extras,
             "torch_rng": torch.get_rng_state(),
+            "metrics": self.history,
         }
         student = self.objective.student
         save_checkpoint(self.out / "last.pt", student, self.meta(), extra={"trainer": state})
+        self.saved_at = (self.epoch, self.batch_in_epoch)
 
     def _load_trainer_state(self) -> None:
         _, raw = read_checkpoint(self.out / "last.pt", map_location="cpu")
@@ -364,10 +492,24 @@ class Trainer:
         self.train_time = state["train_time"]
         self.train_images = state["train_images"]
         torch.set_rng_state(state["torch_rng"])
+        self.history = state["metrics"] if "metrics" in state else self._rows_on_disk()
+        self.saved_at = (self.epoch, self.batch_in_epoch)
         if self.dist.is_main:
             console.print(
                 f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}"
             )
+
+    def _rows_on_disk(self) -> list[dict[str, Any]]:
+        """metrics.jsonl cut to the epochs last.pt holds, for a last.pt from before kdpipe kept
+        the rows in it: the first row of each such epoch, lines cut short by a kill dropped."""
+        path = self.out / "metrics.jsonl"
+        rows: dict[int, dict[str, Any]] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict) and row.get("epoch") in range(1, self.epoch + 1):
+                    rows.setdefault(row["epoch"], row)
+        return [rows[e] for e in sorted(rows)]
 
     # ------------------------------------------------------------------ summary
     def _finish(self) -> dict[str, Any]:

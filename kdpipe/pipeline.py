@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ SHARED_TEACHER = Path("shared") / "weights" / "resnet56-4bfd9763.th"
 class ExportSpec:
     """One artifact kind every model is exported to."""
 
-    target: str = option("onnx", "torchscript | onnx | coreml | executorch")
+    target: str = option("onnx", "torchscript | onnx | ort | coreml | executorch")
     quantize: str = option("none", "none | fp16 | int8")
 
 
@@ -195,11 +195,38 @@ def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str
     return runs
 
 
-def export_models(config: PipelineConfig, data: str, models: dict[str, Path]) -> list[Path]:
-    """Every model to every `export` spec, each model in `out/export/<name>/`; the artifacts."""
-    from kdpipe.export import export_checkpoint
+@dataclass
+class FailedArtifact:
+    """An export job that failed: the model, the target and quantization, and why."""
 
+    model: str
+    target: str
+    quantize: str
+    reason: str
+
+
+class ExportStageFailed(KdpipeError):
+    """Some exports of one model failed; the others are in its folder and in `done.json`."""
+
+    def __init__(self, failed: list[FailedArtifact]) -> None:
+        self.failed = failed
+        super().__init__("; ".join(f"{f.model} {f.target} {f.quantize}: {f.reason}"
+                                   for f in failed))
+
+
+EXPORT_LEDGER = "done.json"  # export jobs finished in a stage folder: "target:quantize" -> files
+
+
+def export_models(config: PipelineConfig, data: str,
+                  models: dict[str, Path]) -> tuple[list[Path], list[FailedArtifact]]:
+    """Every model to every `export` spec, each model in `out/export/<name>/`.
+
+    Returns the artifacts and the failed jobs. A failed job does not stop the others: they are
+    exported, benched and reported, and the failed one is listed with its reason. A re-run
+    retries only the failed jobs (the folder's `done.json` lists the finished ones).
+    """
     artifacts: list[Path] = []
+    failed: list[FailedArtifact] = []
     for name, checkpoint in models.items():
         folder = Path(config.out) / "export" / name
         options = {"calibration_data": data, "download": config.download, "name": name,
@@ -207,16 +234,44 @@ def export_models(config: PipelineConfig, data: str, models: dict[str, Path]) ->
         spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": options,
                 "export": [to_dict(e) for e in config.export]}
 
-        def work(resume: bool, checkpoint: Path = checkpoint, folder: Path = folder,
-                 options: dict = options) -> None:
-            for e in config.export:
-                export_checkpoint(checkpoint, e.target, e.quantize, folder, **options)
+        def work(resume: bool, name: str = name, checkpoint: Path = checkpoint,
+                 folder: Path = folder, options: dict = options) -> None:
+            export_jobs(name, checkpoint, folder, config.export, options, resume)
 
-        run_stage(folder, spec, work)
+        try:
+            run_stage(folder, spec, work)
+        except ExportStageFailed as e:
+            failed += e.failed
         artifacts += sorted(p for p in folder.iterdir()
-                            if p.suffix in (".onnx", ".pte", ".pt", ".mlpackage")
+                            if p.suffix in (".onnx", ".ort", ".pte", ".pt", ".mlpackage")
                             and (folder / f"{p.name}.json").exists())
-    return artifacts
+    return artifacts, failed
+
+
+def export_jobs(name: str, checkpoint: Path, folder: Path, specs: list[ExportSpec],
+                options: dict[str, Any], resume: bool) -> None:
+    """Run each export spec not yet done in `folder`; raise `ExportStageFailed` at the end if
+    any failed, so the stage stays incomplete and a re-run retries just those."""
+    from kdpipe.export import ExportFailed, export_checkpoint
+
+    ledger = folder / EXPORT_LEDGER
+    done = json.loads(ledger.read_text()) if resume and ledger.exists() else {}
+    failed = []
+    for e in specs:
+        key = f"{e.target}:{e.quantize}"
+        if key in done and all((folder / f).exists() for f in done[key]):
+            console.print(f"[dim]{name} {e.target} {e.quantize}: exported before, kept[/]")
+            continue
+        try:
+            results = export_checkpoint(checkpoint, e.target, e.quantize, folder, **options)
+        except ExportFailed as err:
+            failed += [FailedArtifact(name, r.target, r.quantize, r.reason)
+                       for r in err.results if r.status == "failed"]
+            continue
+        done[key] = [r.path.name for r in results if r.path is not None]
+        atomic.write_json(ledger, done)
+    if failed:
+        raise ExportStageFailed(failed)
 
 
 def bench_everything(config: PipelineConfig, data: str, files: list[Path]) -> Path:
@@ -261,8 +316,24 @@ def run_pipeline(config: PipelineConfig) -> Path:
     students = train_students(config, data, teacher)
     models = {"teacher": teacher, **students} if config.export_teacher else dict(students)
     console.rule("[bold]2/3 export")
-    artifacts = export_models(config, data, models) if config.export else []
+    artifacts, failed = export_models(config, data, models) if config.export else ([], [])
     console.rule("[bold]3/3 bench")
     bench = bench_everything(config, data, [*models.values(), *artifacts])
-    return write_pipeline_report(out, config=to_dict(config), teacher=teacher, students=students,
-                                 artifacts=artifacts, bench_dir=bench)
+    index = write_pipeline_report(out, config=to_dict(config), teacher=teacher,
+                                  students=students, artifacts=artifacts, bench_dir=bench,
+                                  failed=[asdict(f) for f in failed])
+    if failed:
+        raise PipelineIncomplete(index, failed)
+    return index
+
+
+class PipelineIncomplete(KdpipeError):
+    """The report was written, but some artifacts failed; re-running retries only those."""
+
+    def __init__(self, index: Path, failed: list[FailedArtifact]) -> None:
+        self.index = index
+        self.failed = failed
+        lines = "; ".join(f"{f.model} {f.target} {f.quantize}: {f.reason}" for f in failed)
+        super().__init__(f"{len(failed)} artifact(s) failed and were left out (the report "
+                         f"{index} lists them): {lines}. Run the same command again to retry "
+                         "only those.")

@@ -24,6 +24,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide how int8 and bf16 arithmetic runs: x86 int8 dot products without
+# VNNI go through 16-bit saturating adds (vpmaddubsw), VNNI/AMX accumulate in int32, and ARM's
+# dot-product extensions (asimddp, i8mm) do too.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve",
+             "bf16")
+
+
+def cpu_isa() -> list[str]:
+    """The ISA flags of `ISA_FLAGS` this CPU reports in /proc/cpuinfo (empty where unknown)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in ISA_FLAGS if flag in present]
+    return []
+
+
+def cpu_facts() -> dict[str, Any]:
+    """What a numerical check depends on: the CPU's name, architecture and relevant ISA flags."""
+    return {"cpu": cpu_model(), "arch": platform.machine(), "isa": cpu_isa()}
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the kdpipe checkout (or of `cwd`), with `-dirty` when it has changes."""
     where = cwd or Path(kdpipe.__file__).resolve().parent

@@ -113,3 +113,43 @@ def test_a_failure_while_building_leaves_no_bundle(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         build_bundle(tiny["onnx"], tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("batch_sizes", ["1", "1,4"])
+def test_ort_bundle_carries_phone_snippets_and_says_when_a_phone_cannot_accelerate_it(
+        tmp_path, batch_sizes):
+    import warnings
+
+    import torch
+
+    from kdpipe.export import export_checkpoint
+    from kdpipe.models import CheckpointMeta, create, save_checkpoint
+    from kdpipe.models.cifar import CIFAR10_CLASSES, ZOO_MEAN, ZOO_STD
+
+    from .conftest import synthetic_dataset
+
+    torch.manual_seed(0)
+    meta = CheckpointMeta(model="resnet20", model_kwargs={}, num_classes=10,
+                          classes=list(CIFAR10_CLASSES), mean=list(ZOO_MEAN), std=list(ZOO_STD),
+                          input_shape=[3, 32, 32])
+    save_checkpoint(tmp_path / "r.pt", create("resnet20").eval(), meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (result,) = export_checkpoint(tmp_path / "r.pt", "ort", "none", tmp_path / "export",
+                                      dataset=synthetic_dataset(n_train=16, n_test=20),
+                                      parity_size=20, batch_sizes=batch_sizes)
+    out = build_bundle(result.path, tmp_path / "app")
+    assert {p.name for p in out.iterdir()} == {"resnet20.ort", "resnet20.ort.json", "labels.txt",
+                                               "predict.py", "README.md", "Classifier.kt",
+                                               "classify.ts"}
+    kotlin, typescript = (out / "Classifier.kt").read_text(), (out / "classify.ts").read_text()
+    assert "ai.onnxruntime" in kotlin and '"input" to tensor' in kotlin and "/ 255f" in kotlin
+    assert "onnxruntime-react-native" in typescript and '"airplane"' in typescript
+    readme = (out / "README.md").read_text()
+    static = batch_sizes == "1"
+    assert ("addNnapi()" in kotlin) is static  # NNAPI takes nothing of a dynamic-batch file
+    assert ("--batch-sizes 1" in readme) is not static
+    # The Python snippet runs the .ort file as the runtime does.
+    image = picture(tmp_path / "photo.png")
+    label = run_snippet(out, "predict.py", image)
+    assert label in CIFAR10_CLASSES

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from kdpipe.export.parity import compare
 from kdpipe.export.targets import TARGETS
 from kdpipe.models import CheckpointMeta, create, load_checkpoint, save_checkpoint
 from kdpipe.models.cifar import CIFAR10_CLASSES, ZOO_MEAN, ZOO_STD
+from kdpipe.runinfo import cpu_isa
 
 from .conftest import SHARED_TARBALL, SHARED_WEIGHTS, synthetic_dataset, write_image_folder
 
@@ -158,7 +160,7 @@ def assert_one_line_refusal(result, *needles: str) -> None:
 
 
 def test_every_target_is_registered_and_tabled():
-    assert TARGETS.names() == ["coreml", "executorch", "onnx", "torchscript"]
+    assert TARGETS.names() == ["coreml", "executorch", "onnx", "ort", "torchscript"]
     table = support_table()
     for name in TARGETS.names():
         assert f"| {name} | {TARGETS.get(name).suffix} |" in table
@@ -188,7 +190,7 @@ def test_batch_variant_names():
     (["--target", "torchscript", "--quantize", "int8"], ["torchscript", "supports: none"]),
     (["--target", "executorch", "--quantize", "fp16"], ["supports: none, int8"]),
     (["--target", "tflite"], ["unknown export target 'tflite'",
-                              "coreml, executorch, onnx, torchscript"]),
+                              "coreml, executorch, onnx, ort, torchscript"]),
     (["--target", "onnx", "--quantize", "int4"], ["unknown --quantize int4", "none, fp16, int8"]),
     (["--target", "onnx", "--batch-sizes", "1,x"], ["--batch-sizes"]),
 ])
@@ -214,7 +216,7 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
 def test_all_skips_what_cannot_be_done_with_the_reason(monkeypatch):
     monkeypatch.setattr(base, "package_available", lambda name: name != "coremltools")
     jobs, skipped = plan(ExportConfig(target="all", quantize="fp16"))
-    assert [(j.target.name, j.quantize) for j in jobs] == [("onnx", "fp16")]
+    assert [(j.target.name, j.quantize) for j in jobs] == [("onnx", "fp16"), ("ort", "fp16")]
     reasons = {name: why for name, _, why in skipped}
     assert "kdpipe[coreml]" in reasons["coreml"]
     assert "supports: none, int8" in reasons["executorch"]
@@ -278,9 +280,12 @@ def test_sidecars_and_embedded_metadata_are_complete(synthetic_exports):
             assert meta.max_batch_size == 4
             continue
         assert embedded["file"] == "" and embedded["parity"] is None
-        file_facts = ("file", "size_bytes", "sha256", "parity")
+        # The embedded copy names the checkpoint, never the exporting machine's path.
+        assert embedded["source_checkpoint"] == Path(meta.source_checkpoint).name
+        file_facts = ("file", "size_bytes", "sha256", "parity", "source_checkpoint")
         assert {k: v for k, v in embedded.items() if k not in file_facts} == {
             k: v for k, v in meta.to_dict().items() if k not in file_facts}
+        assert meta.preprocessing["decoder"].startswith("PIL ")
 
 
 def test_metadata_of_another_schema_version_is_refused(tmp_path):
@@ -289,11 +294,15 @@ def test_metadata_of_another_schema_version_is_refused(tmp_path):
                               classes=["a"], input_name="input", output_name="logits",
                               input_shape=[3, 32, 32], input_shape_batched=["batch", 3, 32, 32],
                               model="resnet20").to_dict()
-    sidecar_path(artifact).write_text(json.dumps({**values, "schema_version": 2}))
-    with pytest.raises(KdpipeError, match="schema_version 2"):
+    sidecar_path(artifact).write_text(json.dumps({**values, "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(KdpipeError, match=f"schema_version {SCHEMA_VERSION + 1}"):
         read_metadata(artifact)
     sidecar_path(artifact).write_text(json.dumps(values))
     assert read_metadata(artifact).format == "onnx"
+    # A version-1 file (before `preprocessing` and the kernel check) still reads.
+    old = {k: v for k, v in values.items() if k != "preprocessing"}
+    sidecar_path(artifact).write_text(json.dumps({**old, "schema_version": 1}))
+    assert read_metadata(artifact).preprocessing == {}
 
 
 # ---------------------------------------------------------------- parity rules
@@ -358,6 +367,141 @@ def test_int8_executorch_is_small_and_accurate(pretrained_int8):
     assert meta.size_bytes < 400_000
     assert meta.parity.passed and meta.parity.batch_sizes_run == [1, 8]
     assert meta.parity.pytorch_top1 - meta.parity.artifact_top1 <= 1.0
+
+
+def test_int8_sidecar_names_its_scheme_the_gate_and_the_cpu(pretrained_int8):
+    meta = read_metadata(pretrained_int8["onnx"].path)
+    scheme = meta.details["int8_scheme"]
+    assert "7 bits" in scheme["weights"] and "saturate" in scheme["reason"]
+    parity = meta.parity
+    assert parity.min_agreement == 97.0 and parity.top1_agreement >= 97.0
+    # The integer kernels were compared with the file's float simulation (ORT, optimizations off).
+    assert parity.kernel_agreement is not None and parity.kernel_agreement >= 99.5
+    assert parity.machine["isa"] == cpu_isa() and parity.machine["runtime"] == "onnxruntime"
+    assert parity.machine["runtime_version"] and parity.machine["cpu"]
+
+
+def test_int8_agreement_gate_fails_a_broken_quantization(tmp_path, monkeypatch):
+    """Calibration ranges from too-dark images clip activations: the top-1 moves on a quarter of
+    the images. The accuracy gate is lifted so that only the agreement gate can refuse it."""
+    if not (PRETRAINED.exists() and SHARED_TARBALL.exists()):
+        pytest.skip("../shared weights and data are absent")
+    from kdpipe.export import onnx as onnx_target
+    from kdpipe.export import parity
+
+    real = onnx_target.CONVERTERS["int8"]
+
+    def broken(path, calibration):
+        return real(path, replace(calibration, images=calibration.images * 0.5))
+
+    monkeypatch.setitem(onnx_target.CONVERTERS, "int8", broken)
+    monkeypatch.setattr(parity, "MAX_TOP1_DROP", 100.0)
+    data = real_subset(train_per_class=13, test_per_class=20)
+    with pytest.raises(ExportFailed) as failed:
+        quiet_export(PRETRAINED, "onnx", "int8", tmp_path, dataset=data, calibration_size=128,
+                     parity_size=200, batch_sizes="1")
+    (result,) = failed.value.results
+    assert result.status == "failed" and "agreement with PyTorch" in result.reason
+    assert result.metadata.parity.top1_agreement < 97.0
+    assert list(tmp_path.iterdir()) == []  # nothing published
+
+
+def test_int8_kernels_that_disagree_with_their_simulation_fail(tmp_path, monkeypatch,
+                                                               random_checkpoint):
+    """What saturating U8S8 kernels on an AVX2 CPU without VNNI look like to the gate: the
+    optimized session's predictions differ from the float simulation of the same file."""
+    from kdpipe.export import onnx as onnx_target
+
+    real = onnx_target.ort_runner
+
+    def saturating(path, exported):
+        runner = real(path, exported)
+        if runner.simulated is not None:
+            fn = runner.fn
+            runner.fn = lambda x: np.roll(fn(x), 1, axis=1) if len(x) > 1 else fn(x)
+        return runner
+
+    monkeypatch.setattr(onnx_target, "ort_runner", saturating)
+    monkeypatch.setattr("kdpipe.export.parity.MAX_TOP1_DROP", 100.0)
+    monkeypatch.setattr("kdpipe.export.parity.MIN_INT8_AGREEMENT", 0.0)
+    with pytest.raises(ExportFailed) as failed:
+        quiet_export(random_checkpoint, "onnx", "int8", tmp_path, parity_size=40,
+                     dataset=synthetic_dataset(n_train=64, n_test=40), batch_sizes="1,4")
+    (result,) = failed.value.results
+    assert "int8 kernels agree with the file's float simulation" in result.reason
+    assert result.metadata.parity.kernel_agreement < 99.5
+
+
+def test_batch_1_exports_have_a_static_input_shape(random_checkpoint, tmp_path, monkeypatch):
+    import onnx
+
+    # A random-init net's near-uniform logits flip under any int8 rounding; shapes are the point.
+    monkeypatch.setattr("kdpipe.export.parity.MIN_INT8_AGREEMENT", 0.0)
+    data = synthetic_dataset(n_train=64, n_test=20)
+    results = quiet_export(random_checkpoint, "onnx,ort", "none,int8", tmp_path, dataset=data,
+                           parity_size=20, calibration_size=64, batch_sizes="1")
+    by_name = {r.path.name: r for r in results}
+    assert sorted(by_name) == ["resnet20.int8.onnx", "resnet20.int8.ort", "resnet20.onnx",
+                               "resnet20.ort"]
+    for name in ("resnet20.onnx", "resnet20.int8.onnx"):
+        proto = onnx.load(str(tmp_path / name))
+        for value in (*proto.graph.input, *proto.graph.output):
+            dims = value.type.tensor_type.shape.dim
+            assert all(d.HasField("dim_value") for d in dims), (name, value)
+        assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [
+            1, 3, 32, 32]
+    for result in results:
+        meta = read_metadata(result.path)
+        assert meta.batch_sizes == [1] and not meta.dynamic_batch
+        assert meta.input_shape_batched == [1, 3, 32, 32] and meta.parity.passed
+    # Fixed shapes are what ONNX Runtime Mobile's NNAPI provider needs: it takes every node.
+    nnapi = by_name["resnet20.onnx"].metadata.details["mobile_usability"]["NNAPI"]
+    assert nnapi["supported"] == nnapi["nodes"] > 0
+
+
+def test_ort_format_is_checked_benchable_and_carries_its_metadata(synthetic_exports,
+                                                                  random_checkpoint, tmp_path):
+    import onnxruntime as ort
+
+    data = synthetic_dataset(n_train=64, n_test=40)
+    (result,) = quiet_export(random_checkpoint, "ort", "none", tmp_path, dataset=data,
+                             parity_size=40, batch_sizes="1,4")
+    assert result.path.name == "resnet20.ort" and result.path.read_bytes()[4:8] == b"ORTM"
+    meta = read_metadata(result.path)
+    assert meta.format == "ort" and meta.runtime == "onnxruntime" and meta.parity.passed
+    assert meta.parity.top1_agreement == 100.0 and meta.dynamic_batch
+    dynamic = meta.details["mobile_usability"]["NNAPI"]
+    assert dynamic["supported"] == 0  # a dynamic batch: the Android provider takes nothing
+    assert read_embedded_metadata(result.path)["format"] == "ort"
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    onnx_session = ort.InferenceSession(str(synthetic_exports["resnet20.onnx"].path),
+                                        providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"input": x})[0],
+                               onnx_session.run(None, {"input": x})[0], atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.ort", "resnet20.ort.json"]
+
+
+def test_no_path_of_the_exporting_machine_is_inside_an_artifact(random_checkpoint, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr("kdpipe.export.parity.MIN_INT8_AGREEMENT", 0.0)  # a random-init net
+    data = synthetic_dataset(n_train=64, n_test=20)
+    targets = ["onnx", "ort", "torchscript"] + (["executorch"] if package_available("executorch")
+                                                 else [])
+    results = []
+    for target in targets:
+        quantize = "none,int8" if target != "torchscript" else "none"
+        results += quiet_export(random_checkpoint, target, quantize, tmp_path / "out",
+                                dataset=data, parity_size=20, calibration_size=64,
+                                batch_sizes="1,2")
+    folders = {str(random_checkpoint.parent), str(tmp_path), str(Path.cwd()), str(Path.home())}
+    for result in results:
+        blob = result.path.read_bytes()
+        for folder in folders:
+            assert folder.encode() not in blob, (result.path.name, folder)
+        assert b"resnet20.pt" in blob or result.target == "executorch"  # named, not located
+        # The sidecar keeps the path the user typed.
+        assert read_metadata(result.path).source_checkpoint == str(random_checkpoint)
 
 
 # ---------------------------------------------------------------- Core ML

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -129,6 +130,56 @@ def test_changed_config_redoes_only_the_stages_it_touches(tiny_pipeline, monkeyp
     config.distill = {"temperature": 8.0}
     run_pipeline(config)
     assert calls.calls == [] and distills.calls == [False]
+
+
+def test_one_failed_artifact_does_not_sink_the_pipeline(tiny_pipeline, monkeypatch):
+    """TorchScript fails its parity check for the kd student only: the other artifacts are still
+    exported, benched and reported, the failure is listed with its reason, the run fails, and a
+    re-run retries only that job."""
+    from kdpipe.export.base import Runner
+    from kdpipe.export.targets import TARGETS
+    from kdpipe.pipeline import PipelineIncomplete
+
+    text = tiny_pipeline.read_text().replace(
+        '[export_options]', '[[export]]\ntarget = "torchscript"\nquantize = "none"\n\n'
+                            '[export_options]')
+    tiny_pipeline.write_text(text)
+    target = type(TARGETS.get("torchscript"))
+    real_runner = target.runner
+
+    def garbage_for_kd(self, exported):
+        if exported.path.name.startswith("kd"):
+            rng = np.random.default_rng(0)
+            return Runner(fn=lambda x: rng.normal(size=(len(x), 10)).astype(np.float32))
+        return real_runner(self, exported)
+
+    monkeypatch.setattr(target, "runner", garbage_for_kd)
+    exports = Interrupt(kdpipe.export.export_checkpoint)
+    monkeypatch.setattr(kdpipe.export, "export_checkpoint", exports)
+    config = load_pipeline_config(str(tiny_pipeline), {})
+    with pytest.raises(PipelineIncomplete) as failed:
+        run_pipeline(config)
+    assert [(f.model, f.target) for f in failed.value.failed] == [("kd", "torchscript")]
+    assert len(exports.calls) == 4  # 2 models x 2 targets
+    index = failed.value.index
+    report = json.loads((index.parent / "pipeline.json").read_text())
+    assert report["failed_exports"][0]["reason"].startswith("kd.pt: parity failed")
+    benched = {row["name"] for row in report["bench"]["rows"]}
+    assert {"kd/kd.onnx", "scratch/scratch.onnx", "scratch/scratch.pt"} <= benched
+    assert "kd/kd.pt" not in benched
+    assert "Failed exports" in index.read_text() and "kd.pt: parity failed" in index.read_text()
+    # Through the CLI: one error line naming the report, a non-zero exit, no traceback; and only
+    # the failed job is retried.
+    result = CliRunner().invoke(app, ["pipeline", str(tiny_pipeline)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "Run the same command again" in " ".join(result.output.split())
+    assert len(exports.calls) == 5
+    monkeypatch.setattr(target, "runner", real_runner)  # the cause is fixed: the retry passes
+    index = run_pipeline(config)
+    assert len(exports.calls) == 6
+    report = json.loads((index.parent / "pipeline.json").read_text())
+    assert report["failed_exports"] == []
+    assert "kd/kd.pt" in {row["name"] for row in report["bench"]["rows"]}
 
 
 def test_builtin_quickstart_config_names_its_inputs(tmp_path, monkeypatch):

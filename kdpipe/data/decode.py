@@ -28,6 +28,18 @@ MIN_PARALLEL = 4 * CHUNK  # below this a pool costs more than it saves
 RESAMPLE = Image.Resampling.BILINEAR
 
 
+def decoder_description() -> str:
+    """The JPEG decoder behind the reference numbers, e.g. "PIL 11.3.0 (libjpeg-turbo 3.1.0)":
+    other decoders (jpeg-js, Android's BitmapFactory) round IDCTs differently."""
+    from PIL import features
+
+    if features.check_feature("libjpeg_turbo"):
+        library = f"libjpeg-turbo {features.version_feature('libjpeg_turbo')}"
+    else:
+        library = f"libjpeg {features.version('jpg')}"
+    return f"PIL {Image.__version__} ({library})"
+
+
 class ImageDecodeError(ValueError):
     """An image that PIL cannot decode; `index` is its position in the input sequence."""
 

@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint"
 # Suffix -> format for files whose metadata does not say (a `.pt` may also be TorchScript: sniffed).
 SUFFIX_FORMATS = {
     ".onnx": "onnx",
+    ".ort": "ort",
     ".pte": "executorch",
     ".mlpackage": "coreml",
     ".mlmodel": "coreml",

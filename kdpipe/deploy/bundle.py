@@ -20,6 +20,7 @@ from kdpipe.atomic import atomic_path
 from kdpipe.deploy.artifact import CHECKPOINT, Artifact, open_artifact, sidecar_path
 from kdpipe.deploy.runtimes import Runtime, runtimes_for
 from kdpipe.errors import KdpipeError
+from kdpipe.progress import console
 
 SNIPPET_FILES = {"python": "predict.py", "swift": "Classify.swift"}
 MARKER = "labels.txt"  # every bundle has it; a folder without it is not ours to replace
@@ -33,15 +34,45 @@ def build_bundle(path: str | Path, out: str | Path) -> Path:
     _check_replaceable(out)
     snippet = runtime.snippet(artifact) or ""
     snippet_file = SNIPPET_FILES[runtime.snippet_language]
+    apps = runtime.app_snippets(artifact)
+    warning = mobile_warning(artifact) if apps else ""
+    if warning:
+        console.print(f"warning: {warning}", highlight=False)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         _copy(artifact.path, tmp / artifact.name)
         _write_metadata(artifact, tmp / sidecar_path(Path(artifact.name)).name)
         (tmp / "labels.txt").write_text("\n".join(artifact.classes) + "\n", encoding="utf-8")
         (tmp / snippet_file).write_text(snippet, encoding="utf-8")
-        (tmp / "README.md").write_text(readme(artifact, runtime, snippet, snippet_file),
-                                       encoding="utf-8")
+        for name, text in apps.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        text = readme(artifact, runtime, snippet, snippet_file) + app_section(apps, warning)
+        (tmp / "README.md").write_text(text, encoding="utf-8")
     return out
+
+
+def mobile_warning(artifact: Artifact) -> str:
+    """Why a phone's accelerators would not take this file, or "" when they can."""
+    if artifact.batch_sizes == (1,):
+        return ""
+    usability = artifact.metadata.get("details", {}).get("mobile_usability", {})
+    nnapi = usability.get("NNAPI")
+    taken = f" (NNAPI takes {nnapi['supported']} of its {nnapi['nodes']} nodes)" if nnapi else ""
+    return (f"{artifact.name} has a dynamic batch dimension{taken}: on a phone ONNX Runtime's "
+            "NNAPI and Core ML providers need a static shape; export it with --batch-sizes 1 "
+            "and bundle that file")
+
+
+def app_section(apps: dict[str, str], warning: str) -> str:
+    """The README part for the phone-app snippets."""
+    if not apps:
+        return ""
+    lines = ["", "## In a phone app", ""]
+    lines += [f"> {warning}", ""] if warning else []
+    for name, text in apps.items():
+        language = {".kt": "kotlin", ".ts": "typescript"}.get(Path(name).suffix, "")
+        lines += [f"`{name}`:", "", f"```{language}", text.rstrip(), "```", ""]
+    return "\n".join(lines)
 
 
 def snippet_runtime(artifact: Artifact) -> Runtime:

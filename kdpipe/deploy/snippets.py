@@ -36,3 +36,77 @@ def python_snippet(artifact: Artifact, imports: list[str], run: str) -> str:
         ]
     lines += ["", run.rstrip(), "print(labels[int(np.argmax(logits, axis=1)[0])])"]
     return "\n".join(lines) + "\n"
+
+
+def kotlin_snippet(artifact: Artifact) -> str:
+    """An Android class (ONNX Runtime for Android) that classifies a `Bitmap` with the file."""
+    _, height, width = artifact.input_shape
+    names = artifact.metadata
+    static = artifact.batch_sizes == (1,)
+    nnapi = ("OrtSession.SessionOptions().apply { addNnapi() }" if static
+             else "OrtSession.SessionOptions()  // dynamic batch: NNAPI would take no node")
+    return f'''// Classifies one image with {artifact.name} on Android.
+// Gradle: implementation("com.microsoft.onnxruntime:onnxruntime-android:<version>")
+// Ship {artifact.name} and labels.txt as assets; pass their bytes and lines in.
+import ai.onnxruntime.OnnxTensor
+import ai.onnxruntime.OrtEnvironment
+import ai.onnxruntime.OrtSession
+import android.graphics.Bitmap
+import java.nio.FloatBuffer
+
+class Classifier(model: ByteArray, private val labels: List<String>) {{
+    private val env = OrtEnvironment.getEnvironment()
+    private val session = env.createSession(model, {nnapi})
+
+    fun classify(image: Bitmap): String {{
+        // RGB, resized to {width}x{height} (bilinear), scaled to [0, 1], NCHW: the model's input.
+        val scaled = Bitmap.createScaledBitmap(image, {width}, {height}, true)
+        val pixels = IntArray({width} * {height})
+        scaled.getPixels(pixels, 0, {width}, 0, 0, {width}, {height})
+        val input = FloatBuffer.allocate(3 * pixels.size)
+        for (channel in 0 until 3) {{
+            for (p in pixels) input.put(((p shr (16 - 8 * channel)) and 0xFF) / 255f)
+        }}
+        input.rewind()
+        val shape = longArrayOf(1, 3, {height}, {width})
+        OnnxTensor.createTensor(env, input, shape).use {{ tensor ->
+            session.run(mapOf("{names.get("input_name", "input")}" to tensor)).use {{ result ->
+                @Suppress("UNCHECKED_CAST")
+                val logits = (result[0].value as Array<FloatArray>)[0]
+                return labels[logits.indices.maxBy {{ logits[it] }}]
+            }}
+        }}
+    }}
+}}
+'''
+
+
+def react_native_snippet(artifact: Artifact) -> str:
+    """A TypeScript function (onnxruntime-react-native) that classifies RGBA pixels."""
+    _, height, width = artifact.input_shape
+    names = artifact.metadata
+    labels = ", ".join(f'"{c}"' for c in artifact.classes)
+    return f'''// Classifies one image with {artifact.name} in a React Native app.
+// npm install onnxruntime-react-native; bundle {artifact.name} with the app.
+import {{ InferenceSession, Tensor }} from "onnxruntime-react-native";
+
+const LABELS = [{labels}];
+const WIDTH = {width};
+const HEIGHT = {height};
+
+let session: InferenceSession | undefined;
+
+/** `rgba`: the image resized to WIDTH x HEIGHT (bilinear), RGBA bytes row by row. */
+export async function classify(modelPath: string, rgba: Uint8Array): Promise<string> {{
+  session ??= await InferenceSession.create(modelPath);
+  const plane = WIDTH * HEIGHT;
+  const x = new Float32Array(3 * plane); // RGB in [0, 1], NCHW: the model's input
+  for (let i = 0; i < plane; i++) {{
+    for (let c = 0; c < 3; c++) x[c * plane + i] = rgba[4 * i + c] / 255;
+  }}
+  const input = new Tensor("float32", x, [1, 3, HEIGHT, WIDTH]);
+  const out = await session.run({{ "{names.get("input_name", "input")}": input }});
+  const logits = out["{names.get("output_name", "logits")}"].data as Float32Array;
+  return LABELS[logits.indexOf(Math.max(...logits))];
+}}
+'''

@@ -37,6 +37,7 @@ from kdpipe.export.metadata import (
 )
 from kdpipe.export.parity import check_parity
 from kdpipe.progress import console
+from kdpipe.runinfo import cpu_facts
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,22 @@ def base_metadata(checkpoint: str | os.PathLike[str], model: nn.Module,
         std=list(meta.std), model_kwargs=dict(meta.model_kwargs), params=count_params(model),
         macs=count_macs(model, (1, *meta.input_shape)), source_checkpoint=str(checkpoint),
         source_sha256=meta.source_sha256, source_format=meta.format,
-        kdpipe_version=kdpipe.__version__,
+        preprocessing=reference_preprocessing(meta.input_shape), kdpipe_version=kdpipe.__version__,
     )
+
+
+def reference_preprocessing(input_shape: list[int]) -> dict[str, str]:
+    """How kdpipe's own numbers fed the model (decoder, resize, color, scale): an app that
+    decodes or resizes differently moves a few percent of predictions."""
+    from kdpipe.data.decode import decoder_description
+
+    _, height, width = input_shape
+    return {
+        "decoder": decoder_description(),
+        "resize": f"bilinear (PIL) to {width}x{height}, only for images of another size",
+        "color": "RGB, 8 bits per channel",
+        "scale": "pixel / 255 -> float32 in [0, 1]; no mean/std (folded into the model)",
+    }
 
 
 def artifact_name(stem: str, precision: str, suffix: str) -> str:
@@ -209,8 +224,11 @@ def _parity(target: Target, exported: Exported, precision: str, test: ParitySet 
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails the check
         return ParityReport(checked=True, passed=False,
                             reason=f"its runtime cannot load it: {type(e).__name__}: {e}")
-    return check_parity(runner, exported, test.images, test.labels, test.reference, precision,
-                        batch_sizes, data=test.data)
+    report = check_parity(runner, exported, test.images, test.labels, test.reference, precision,
+                          batch_sizes, data=test.data)
+    report.machine = {**cpu_facts(), "runtime": target.runtime,
+                      "runtime_version": _version(target.runtime_package)}
+    return report
 
 
 def _print_parity(name: str, p: ParityReport) -> None:
@@ -221,9 +239,11 @@ def _print_parity(name: str, p: ParityReport) -> None:
         console.print(f"  {name}: parity FAILED: {p.reason}", highlight=False)
         return
     verdict = "ok" if p.passed else f"FAILED: {p.reason}"
+    kernels = (f", int8 kernels vs float simulation {p.kernel_agreement:.2f}%"
+               if p.kernel_agreement is not None else "")
     console.print(
         f"  {name}: parity on N={p.n} test images: max |diff| {p.max_abs_logit_diff:.3g} "
-        f"({p.compared}), top-1 agreement {p.top1_agreement:.2f}%, top-1 PyTorch "
+        f"({p.compared}), top-1 agreement {p.top1_agreement:.2f}%{kernels}, top-1 PyTorch "
         f"{p.pytorch_top1:.2f}% vs artifact {p.artifact_top1:.2f}% ({p.rule}): {verdict}",
         highlight=False,
     )
@@ -286,13 +306,18 @@ def _logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 def _versions(target: Target) -> dict[str, str]:
     """The exporting libraries' versions, for the metadata."""
-    versions = {}
-    for name in ("torch", *target.libraries):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
+    versions = {name: _version(name) for name in ("torch", *target.libraries)}
+    return {name: v for name, v in versions.items() if v}
+
+
+def _version(distribution: str | None) -> str:
+    """A distribution's installed version ("" when it is not installed or not named)."""
+    if not distribution:
+        return ""
+    try:
+        return importlib_metadata.version(distribution)
+    except importlib_metadata.PackageNotFoundError:
+        return ""
 
 
 def read_embedded_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -314,23 +339,33 @@ def print_results(results: list[ExportResult]) -> None:
     from rich.table import Table
 
     # Narrow headers: logs and CI render at 80 columns. diff = max |artifact - PyTorch| over the
-    # N parity images; agree = top-1 agreement; top1 = the artifact's and PyTorch's accuracy.
-    table = Table("artifact", "status", "MB", "N", "diff", "agree%", "top1%", "torch%",
+    # parity images; agree = top-1 agreement (int8 needs >= MIN_INT8_AGREEMENT); top1 = the
+    # artifact's accuracy (PyTorch's goes in the caption); kern = int8 kernels vs the file's
+    # float simulation; NNAPI = nodes ONNX Runtime Mobile's Android provider takes.
+    table = Table("artifact", "status", "MB", "diff", "agree%", "top1%", "kern%", "NNAPI",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.columns[0].no_wrap = True
-    reasons = []
+    reasons, references = [], set()
     for r in results:
         name = r.path.name if r.path else f"{r.target} {r.quantize}"
         meta, p = r.metadata, r.parity
-        numbers = ["", "", "", "", ""]
+        numbers = ["", "", "", ""]
         if p is not None and p.checked and p.max_abs_logit_diff is not None:
-            numbers = [str(p.n), f"{p.max_abs_logit_diff:.1e}", f"{p.top1_agreement:.2f}",
-                       f"{p.artifact_top1:.2f}", f"{p.pytorch_top1:.2f}"]
+            kernels = "" if p.kernel_agreement is None else f"{p.kernel_agreement:.1f}"
+            numbers = [f"{p.max_abs_logit_diff:.0e}", f"{p.top1_agreement:.2f}",
+                       f"{p.artifact_top1:.2f}", kernels]
+            references.add((p.n, f"{p.pytorch_top1:.2f}"))
+        usability = (meta.details.get("mobile_usability") if meta else None) or {}
+        nnapi = usability.get("NNAPI")
+        nnapi_cell = f"{nnapi['supported']}/{nnapi['nodes']}" if nnapi else ""
         size = f"{meta.size_bytes / 1e6:.3f}" if meta and meta.size_bytes else ""
-        table.add_row(name, r.status, size, *numbers)
+        table.add_row(name, r.status, size, *numbers, nnapi_cell)
         why = r.reason or (p.reason if p else "")
         if why:
             reasons.append(f"{name}: {why}")
+    if references:
+        table.caption = "; ".join(f"PyTorch top-1 {top1}% on the same N={n} test images"
+                                  for n, top1 in sorted(references))
     console.print(table)
     for line in reasons:
         console.print(line, highlight=False, markup=False)

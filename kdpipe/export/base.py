@@ -85,11 +85,17 @@ class Exported:
 
 @dataclass
 class Runner:
-    """Runs an artifact on float32 NCHW images in [0, 1]; `fn` is None where it cannot run here."""
+    """Runs an artifact on float32 NCHW images in [0, 1]; `fn` is None where it cannot run here.
+
+    `simulated`, where the runtime offers it, runs the same file with its graph optimizations
+    off, so quantized operators compute in float exactly as the file specifies: the parity check
+    compares the two to catch int8 kernels that do not compute what the file says.
+    """
 
     fn: Callable[[np.ndarray], np.ndarray] | None
     reason: str = ""  # why it cannot run, when fn is None
     output_kind: OutputKind = "logits"
+    simulated: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def unavailable(cls, reason: str) -> Runner:
@@ -107,6 +113,7 @@ class Target(abc.ABC):
     name: ClassVar[str]
     suffix: ClassVar[str]  # ".onnx", ".mlpackage", ...
     runtime: ClassVar[str]  # what runs the artifact, for the metadata
+    runtime_package: ClassVar[str | None] = None  # its distribution, whose version parity records
     quantizations: ClassVar[dict[str, str]]  # supported --quantize value -> how, for the table
     unsupported: ClassVar[dict[str, str]] = {}  # refused --quantize value -> why
     default_quantize: ClassVar[str] = "none"

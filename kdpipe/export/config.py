@@ -23,15 +23,15 @@ ALL = "all"
 class ExportConfig:
     """Everything that decides an export run (the checkpoint is the command's argument)."""
 
-    target: str = option(ALL, "torchscript, onnx, coreml, executorch, a comma-separated list, "
-                              "or all (all: skip what is unsupported or not installed)")
+    target: str = option(ALL, "torchscript, onnx, ort, coreml, executorch, a comma-separated "
+                              "list, or all (all: skip what is unsupported or not installed)")
     quantize: str | None = option(None, "none, fp16 or int8, or a comma-separated list "
                                         "(default: each target's own: none, or fp16 for coreml)")
     out: Path = option(Path("export"), "folder for the artifacts and their .json metadata")
     name: str | None = option(None, "file name stem of the artifacts (default: the model name)")
     batch_sizes: str = option("1,32", "comma-separated batch sizes the artifacts must run: one "
                                       "dynamic batch dimension where the format allows, else one "
-                                      "file per size")
+                                      "file per size; 1 alone: a static shape (for phones)")
     calibration_data: str | None = option(
         None, "data set whose train split calibrates int8 and whose test split checks parity: "
               "ImageFolder tree, .tar(.gz) of one, or cifar-10-batches-py folder "

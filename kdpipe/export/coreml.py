@@ -56,6 +56,7 @@ class CoreMLTarget(Target):
     name = "coreml"
     suffix = ".mlpackage"
     runtime = "coreml"
+    runtime_package = "coremltools"
     quantizations = {"none": "fp32 compute", "fp16": "fp16 compute (default)",
                      "int8": "int8 weights, fp16 compute"}
     default_quantize = "fp16"

@@ -36,6 +36,7 @@ class ExecuTorchTarget(Target):
     name = "executorch"
     suffix = ".pte"
     runtime = "executorch+xnnpack"
+    runtime_package = "executorch"
     quantizations = {"none": "fp32, XNNPACK", "int8": "PT2E + XNNPACK quantizer, calibrated"}
     unsupported = {"fp16": "kdpipe lowers fp32 or int8 to XNNPACK; use int8, or onnx/coreml "
                            "for fp16"}

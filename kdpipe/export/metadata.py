@@ -12,7 +12,12 @@ parity check runs, so it leaves out what only the finished file knows: `file`, `
 
 This module imports only the standard library and `kdpipe.errors`, so a reader (the bench
 stage's memory-measuring subprocess, an app's build script) pays for neither PyTorch nor kdpipe's
-models. Fields are added only together with a new `schema_version`.
+models. Fields are added only together with a new `schema_version`; a reader accepts every
+version up to its own (fields an older file lacks take their defaults).
+
+Version 2 added `preprocessing`, and the parity report's `kernel_agreement`,
+`kernel_max_abs_diff`, `min_agreement` and `machine`; the embedded copy holds file names, never
+the exporting machine's paths.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from kdpipe.errors import KdpipeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "kdpipe.artifact"
 EMBEDDED_KEY = "kdpipe"  # ONNX metadata_props / Core ML user_defined_metadata key
 TORCHSCRIPT_EXTRA = "kdpipe.json"  # TorchScript _extra_files entry
@@ -47,7 +52,16 @@ class ParityReport:
     - `pytorch_top1`, `artifact_top1`: top-1 accuracy in percent of each on those images.
     - `batch_sizes_run`: the batch sizes the artifact was called with during the check.
     - `rule`: the criterion applied: FP32 artifacts agree on >= 99.9% of top-1s; quantized ones
-      (fp16, int8) lose at most 1 point of top-1 accuracy.
+      (fp16, int8) lose at most 1 point of top-1 accuracy, and INT8 ones also agree with PyTorch
+      on at least `min_agreement` percent of top-1s.
+    - `kernel_agreement`, `kernel_max_abs_diff`: where the runtime can also run the file with its
+      graph optimizations off (ONNX Runtime: QDQ nodes then compute in float, the quantization
+      simulated exactly), the top-1 agreement and max |diff| of the optimized, integer-kernel
+      session with that simulation. A low value means the CPU's int8 kernels are not computing
+      what the file says (saturation); None where not measured.
+    - `machine`: where the check ran: `cpu` (model name), `arch`, `isa` (the flags that decide
+      int8/bf16 arithmetic: avx2, avx512_vnni, amx_int8, asimddp, ...), `runtime` and
+      `runtime_version`. An INT8 result holds for CPUs of the same kind.
     - `passed`: the rule held (None when not checked).
     - `reason`: why it failed or was not checked; empty otherwise.
     """
@@ -62,6 +76,10 @@ class ParityReport:
     artifact_top1: float | None = None
     batch_sizes_run: list[int] = field(default_factory=list)
     rule: str = ""
+    min_agreement: float | None = None
+    kernel_agreement: float | None = None
+    kernel_max_abs_diff: float | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
     passed: bool | None = None
     reason: str = ""
 
@@ -95,6 +113,10 @@ class ArtifactMetadata:
       dimension accepts where the format needs a bound (ExecuTorch), else None.
     - `normalization_folded` (true): the model computes `(x - mean) / std` itself; `mean`,
       `std` are recorded for information only.
+    - `preprocessing`: how the reference numbers fed the model, for an app that must reproduce
+      them exactly: `decoder` (e.g. "PIL 11.3.0 (libjpeg-turbo 3.1)"), `resize` (filter and
+      when it applies), `color`, `scale`. Another JPEG decoder changes a few percent of
+      predictions.
 
     Output
     - `output_name`; `output_kind`: `logits` or `probabilities` (a Core ML classifier, whose
@@ -105,9 +127,10 @@ class ArtifactMetadata:
     Source
     - `model`, `model_kwargs`: the registry name and arguments; `params`: parameter count;
       `macs`: multiply-accumulates per image.
-    - `source_checkpoint`: the checkpoint path as given; `source_sha256`: its sha256;
-      `source_format`: `kdpipe` or `pytorch_resnet_cifar10`.
-    - `calibration`: for calibrated int8, {"data", "split", "n", "seed"}; else None.
+    - `source_checkpoint`: the checkpoint path as given (the embedded copy: its file name
+      only); `source_sha256`: its sha256; `source_format`: `kdpipe` or `pytorch_resnet_cifar10`.
+    - `calibration`: for calibrated int8, {"data", "split", "n", "seed"} (the embedded copy:
+      the data set's file name only); else None.
 
     Checks and provenance
     - `parity`: a `ParityReport` (None only in the embedded copy).
@@ -140,6 +163,7 @@ class ArtifactMetadata:
     batch_sizes: list[int] | None = None
     max_batch_size: int | None = None
     normalization_folded: bool = True
+    preprocessing: dict[str, str] = field(default_factory=dict)
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     output_kind: str = "logits"
@@ -165,17 +189,23 @@ class ArtifactMetadata:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def embedded_json(self) -> str:
-        """The copy stored inside the artifact: no file facts, no parity (see the module doc)."""
-        inner = dataclasses.replace(self, file="", size_bytes=0, sha256="", parity=None)
+        """The copy stored inside the artifact: no file facts, no parity (see the module doc),
+        and file names instead of paths, so a shipped file says nothing of the machine that made
+        it (the sha256 fields identify the sources)."""
+        calibration = self.calibration and {**self.calibration,
+                                            "data": _file_name(self.calibration["data"])}
+        inner = dataclasses.replace(self, file="", size_bytes=0, sha256="", parity=None,
+                                    source_checkpoint=_file_name(self.source_checkpoint),
+                                    calibration=calibration)
         return json.dumps(inner.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "metadata") -> ArtifactMetadata:
         """Build from plain values, refusing other schema versions and missing fields."""
         version = values.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
             raise KdpipeError(
-                f"{where} has schema_version {version!r}; this kdpipe reads version "
+                f"{where} has schema_version {version!r}; this kdpipe reads versions 1 to "
                 f"{SCHEMA_VERSION}: re-export the artifact with this kdpipe (or upgrade kdpipe)"
             )
         known = {f.name for f in dataclasses.fields(cls)}
@@ -186,6 +216,13 @@ class ArtifactMetadata:
             return cls(**kwargs)
         except TypeError as e:
             raise KdpipeError(f"{where} is incomplete ({e}); re-export the artifact") from None
+
+
+def _file_name(where: str) -> str:
+    """`where` with every path in it cut to its file name ("tarball /data/c.tar.gz train split"
+    -> "tarball c.tar.gz train split"): words holding a path separator are paths."""
+    return " ".join(PureWindowsPath(word).name if ("/" in word or "\\" in word) else word
+                    for word in where.split(" "))
 
 
 def sidecar_path(artifact: str | Path) -> Path:

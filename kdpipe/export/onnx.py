@@ -1,14 +1,16 @@
-"""ONNX: one self-contained `.onnx` file (weights inlined), dynamic batch, run by ONNX Runtime.
+"""ONNX: one self-contained `.onnx` file (weights inlined), run by ONNX Runtime.
 
-Exported with the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`), opset 18.
-fp16 converts the graph to float16 with float32 inputs and outputs (ONNX Runtime's converter);
-int8 is ONNX Runtime's static QDQ quantization with per-channel weights, calibrated on training
-images.
+Exported with the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`), opset 18,
+with a dynamic batch dimension, or a fully static input shape when batch 1 is the only size asked
+(`--batch-sizes 1`): ONNX Runtime Mobile's NNAPI and Core ML providers take no node of a graph
+with a dynamic batch. fp16 converts the graph to float16 with float32 inputs and outputs (ONNX
+Runtime's converter); int8 is ONNX Runtime's static QDQ quantization (`INT8_SCHEME` below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,17 +30,34 @@ from kdpipe.export.base import (
     with_io,
 )
 from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
+from kdpipe.export.mobile import mobile_usability
 
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 CALIBRATION_BATCH = 64
-# Activations and weights both symmetric int8 ("S8S8"): ONNX Runtime's advice for ARM and for
-# x86 with VNNI, and on the pretrained ResNet20 (JPEG CIFAR-10 test set, 10k images) it scored
-# 81.12% vs 81.08% for uint8 activations, fp32 81.03%. MinMax ranges matched Entropy and
-# Percentile calibration there (within 0.04 points) and are the fastest to compute.
+CALIBRATION_PERCENTILE = 99.999  # activation ranges clip the top 0.001% of values
+# uint8 activations x int8 weights ("U8S8") is the only int8 scheme ONNX Runtime runs fast on
+# x86 (S8S8 and U8U8 ran at 0.4x of its speed on the project's CPUs). On x86 CPUs without VNNI
+# its kernels multiply with vpmaddubsw, which adds two u8*s8 products into a saturating int16:
+# 255 * 127 * 2 > 32767, so full-range weights overflow (ONNX Runtime's quantization docs) and a
+# ResNet20 kept only 92% of its FP32 predictions on an AVX2 EPYC. 7-bit weights (`reduce_range`)
+# bound the pair at 255 * 64 * 2 = 32640 and cannot overflow: the file computes the same on AVX2,
+# VNNI/AMX (int32 accumulation) and ARM (sdot/udot, int32), where 7-bit weights only cost
+# precision, which percentile activation ranges win back (98.4% agreement on the pretrained
+# ResNet20 and ResNet56, against 97.6% with min/max ranges).
+INT8_SCHEME = {
+    "name": "U8S8, 7-bit weights",
+    "activations": "uint8, asymmetric, per tensor",
+    "weights": "int8 symmetric per channel, reduced to 7 bits (reduce_range)",
+    "calibration": f"percentile {CALIBRATION_PERCENTILE} of activations on training images",
+    "reason": "7-bit weights cannot overflow the 16-bit intermediate sums of x86 int8 kernels "
+              "without VNNI (AVX2, AVX-512 without VNNI), so the file gives the same outputs on "
+              "those, on VNNI/AMX x86 and on ARM; full 8-bit weights saturate there",
+}
 INT8_DETAIL = ("static QDQ (onnxruntime.quantization.quantize_static): int8 per-channel symmetric "
-               "weights, uint8 (asymmetric) activations with MinMax ranges from calibration images")
+               "7-bit weights (reduce_range, safe from x86 int16 saturation), uint8 asymmetric "
+               "activations with percentile ranges from calibration images")
 FP16_DETAIL = ("float16 weights and arithmetic (onnxruntime.transformers.float16), float32 input "
                "and output")
 
@@ -48,11 +67,12 @@ class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
     runtime = "onnxruntime"
+    runtime_package = "onnxruntime"
     libraries = ("onnx", "onnxruntime", "onnxscript")
     quantizations = {
         "none": "fp32",
         "fp16": "fp16 graph, fp32 I/O",
-        "int8": "static QDQ, per-channel, calibrated",
+        "int8": "static QDQ, U8S8 7-bit weights, calibrated",
     }
 
     def needs_calibration(self, quantize: str) -> bool:
@@ -61,33 +81,11 @@ class OnnxTarget(Target):
     def export(self, model: nn.Module, meta: ArtifactMetadata, quantize: str,
                calibration: Calibration | None, path: Path,
                batch_sizes: Sequence[int]) -> list[Exported]:
-        """One file with a dynamic batch dimension, whatever `batch_sizes` asks."""
-        import onnx
-
-        fp32_path = path.with_name(path.name + ".fp32.tmp")
-        _export_fp32(model, example_input(meta, 2), fp32_path)
-        try:
-            proto = CONVERTERS[quantize](fp32_path, calibration)
-        finally:
-            fp32_path.unlink(missing_ok=True)
-        exported = Exported(
-            path=path, batch_sizes=None, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-            quantization_detail=DETAILS[quantize],
-            details={"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
-                     "ops": len(proto.graph.node)},
-        )
-        _strip_debug_info(proto)
-        _set_metadata(proto, {EMBEDDED_KEY: with_io(meta, exported).embedded_json()})
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save_model(proto, str(path), save_as_external_data=False)
-        return [exported]
+        """One file: a dynamic batch dimension, or a static [1, C, H, W] for batch 1 only."""
+        return [write_onnx(model, meta, quantize, calibration, path, batch_sizes)]
 
     def runner(self, exported: Exported) -> Runner:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return Runner(fn=lambda x: session.run(None, {name: x})[0])
+        return ort_runner(exported.path, exported)
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         import json
@@ -99,6 +97,62 @@ class OnnxTarget(Target):
         return json.loads(props[EMBEDDED_KEY]) if EMBEDDED_KEY in props else None
 
 
+def write_onnx(model: nn.Module, meta: ArtifactMetadata, quantize: str,
+               calibration: Calibration | None, path: Path,
+               batch_sizes: Sequence[int]) -> Exported:
+    """Export, convert to `quantize`, embed the metadata and check the file (onnx and ort)."""
+    import onnx
+
+    static = list(batch_sizes) == [1]
+    fp32_path = path.with_name(path.name + ".fp32.tmp")
+    _export_fp32(model, example_input(meta, 2), fp32_path)
+    try:
+        proto = CONVERTERS[quantize](fp32_path, calibration)
+    finally:
+        fp32_path.unlink(missing_ok=True)
+    if static:  # fixed after conversion, so int8 calibrates in batches of 64, not of 1
+        _fix_batch(proto, 1)
+    exported = Exported(
+        path=path, batch_sizes=[1] if static else None, input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME, quantization_detail=DETAILS[quantize],
+        details={"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
+                 "ops": len(proto.graph.node),
+                 **({"int8_scheme": INT8_SCHEME} if quantize == "int8" else {})},
+    )
+    _strip_debug_info(proto)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    exported.details["mobile_usability"] = mobile_usability(path)  # of the graph, so embedded too
+    if not static:
+        exported.notes.append("dynamic batch: ONNX Runtime Mobile's NNAPI and Core ML providers "
+                              "take no node of it; export with --batch-sizes 1 for a phone")
+    _set_metadata(proto, {EMBEDDED_KEY: with_io(meta, exported).embedded_json()})
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return exported
+
+
+def ort_runner(path: Path, exported: Exported) -> Runner:
+    """The file in ONNX Runtime's CPU provider; for int8, also with graph optimizations off,
+    where QDQ pairs compute in float: the parity check's reference for the integer kernels."""
+    import onnxruntime as ort
+
+    def session(level: Any) -> Any:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        return ort.InferenceSession(str(path), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+
+    def runs(s: Any) -> Any:
+        name = s.get_inputs()[0].name
+        return lambda x: s.run(None, {name: x})[0]
+
+    optimized = runs(session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
+    simulated = None
+    if "int8_scheme" in exported.details:
+        simulated = runs(session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+    return Runner(fn=optimized, simulated=simulated)
+
+
 def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch.export-based ONNX export with a dynamic batch dimension, weights inside the file."""
     batch = torch.export.Dim("batch")
@@ -108,6 +162,16 @@ def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         optimize=True, verbose=False,
     )
     program.save(str(path), external_data=False)
+
+
+def _fix_batch(proto: Any, size: int) -> None:
+    """Replace the symbolic batch dimension by `size` everywhere (inputs, values, outputs)."""
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if dim.dim_param:
+        make_dim_param_fixed(proto.graph, dim.dim_param, size)
+    fix_output_shapes(proto)
 
 
 def _to_fp32(path: Path, calibration: Calibration | None) -> Any:
@@ -154,14 +218,12 @@ def _to_int8(path: Path, calibration: Calibration | None) -> Any:
 
     out = path.with_name(path.name + ".int8.tmp")
     try:
-        # uint8 activations (with int8 per-channel weights) take ONNX Runtime's fast x86 u8s8
-        # kernels: 1.6x FP32 throughput at batch 32 on this CPU, where int8 activations ran at
-        # 0.57x; top-1 on the 10k JPEG test set was the same within 0.04 points.
-        with _quiet_root_logger():
+        with _quiet_root_logger():  # see INT8_SCHEME for the choices
             quantize_static(
                 str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
             )
         return onnx.load(str(out))
     finally:
@@ -172,12 +234,14 @@ def _to_int8(path: Path, calibration: Calibration | None) -> Any:
 def _quiet_root_logger() -> Iterator[None]:
     """Silence ONNX Runtime's quantizer, which logs a pre-processing hint on the root logger at
     every call (the exporter already folds BN and infers shapes; its `quant_pre_process` made no
-    difference to accuracy here), and restore the level after."""
+    difference to accuracy here) and prints its histogram calibrator's progress, and restore
+    the level after."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 

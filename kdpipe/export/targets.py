@@ -3,7 +3,7 @@
 A new target is one module with one `@register_target` class, plus its line here.
 """
 
-from kdpipe.export import coreml, executorch, onnx, torchscript  # noqa: F401  (registers them)
+from kdpipe.export import coreml, executorch, onnx, ort, torchscript  # noqa: F401  (registers them)
 from kdpipe.export.base import TARGETS
 
 __all__ = ["TARGETS"]

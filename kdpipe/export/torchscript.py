@@ -37,6 +37,7 @@ class TorchScriptTarget(Target):
     name = "torchscript"
     suffix = ".pt"
     runtime = "torch.jit"
+    runtime_package = "torch"
     quantizations = {"none": "fp32"}
     unsupported = {
         "fp16": "float16 convolutions are slow or missing on CPU in LibTorch; use onnx or coreml",

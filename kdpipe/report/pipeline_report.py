@@ -72,12 +72,20 @@ def artifact_rows(artifacts: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+FAILED_COLUMNS = [("model", "Model"), ("target", "Target"), ("quantize", "Quantization"),
+                  ("reason", "Why it failed (not exported, not benched)")]
+
+
 def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
                           students: dict[str, Path], artifacts: list[Path],
-                          bench_dir: Path) -> Path:
-    """Write `index.md` and `pipeline.json` into `out`; returns the index path."""
+                          bench_dir: Path, failed: list[dict[str, Any]] | None = None) -> Path:
+    """Write `index.md` and `pipeline.json` into `out`; returns the index path. `failed` lists
+    the export jobs that failed (model, target, quantize, reason)."""
+    failed = failed or []
     models = model_rows(teacher, students)
     exported = artifact_rows(artifacts)
+    failures = (["**Failed exports** (a re-run of the pipeline retries only these):", "",
+                 markdown_table(failed, FAILED_COLUMNS)] if failed else [])
     bench = load_bench_report(bench_dir / REPORT_FILES["json"])
     plot = os.path.relpath(bench_dir / REPORT_FILES["plot"], out)
     lines = [
@@ -87,7 +95,8 @@ def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
         "## 1. Models (test top-1 on the run's test split)", "",
         markdown_table(models, MODEL_COLUMNS),
         "## 2. Exported artifacts", "",
-        markdown_table(exported, ARTIFACT_COLUMNS) if exported else "(no exports configured)\n",
+        markdown_table(exported, ARTIFACT_COLUMNS) if exported else "(no artifacts)\n",
+        *failures,
         "## 3. Accuracy, size and latency per runtime", "", bench_table(bench.rows), "",
         f"![accuracy vs latency]({plot})", "",
         f"Full bench report: `{os.path.relpath(bench_dir / REPORT_FILES['markdown'], out)}`.", "",
@@ -96,6 +105,6 @@ def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
     atomic.write_text(index, "\n".join(lines))
     atomic.write_json(out / "pipeline.json", {
         "schema_version": SCHEMA_VERSION, "config": config, "models": models,
-        "artifacts": exported, "bench": bench.to_json(),
+        "artifacts": exported, "failed_exports": failed, "bench": bench.to_json(),
     })
     return index

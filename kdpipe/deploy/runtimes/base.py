@@ -68,6 +68,11 @@ class Runtime(abc.ABC):
         """A minimal app-side usage example for `kdpipe deploy` (None: this runtime has none)."""
         return None
 
+    def app_snippets(self, artifact: Artifact) -> dict[str, str]:
+        """Usage examples for phone apps (file name -> source) that `kdpipe deploy` adds beside
+        the main snippet, e.g. Kotlin and React Native for an ORT-format file."""
+        return {}
+
 
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime on its CPU execution provider (`.onnx`, float or QDQ-quantized INT8)."""
+"""ONNX Runtime on its CPU execution provider (`.onnx` and ORT-format `.ort`, float or QDQ INT8)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from kdpipe.deploy.artifact import Artifact
 from kdpipe.deploy.runtimes.base import RUNTIMES, Runtime, Session, with_normalization
-from kdpipe.deploy.snippets import python_snippet
+from kdpipe.deploy.snippets import kotlin_snippet, python_snippet, react_native_snippet
 
 
 class OrtSession:
@@ -36,7 +36,7 @@ def session_options(threads: int):
 @RUNTIMES.register("onnxruntime")
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
-    formats = ("onnx",)
+    formats = ("onnx", "ort")
     package = "onnxruntime"
     install_hint = "pip install onnxruntime"
     remote_backend = "onnxruntime"
@@ -62,3 +62,10 @@ class OnnxRuntime(Runtime):
             f'session = ort.InferenceSession("{artifact.name}", '
             'providers=["CPUExecutionProvider"])\n'
             "logits = session.run(None, {session.get_inputs()[0].name: x})[0]"))
+
+    def app_snippets(self, artifact: Artifact) -> dict[str, str]:
+        """ORT format is what ONNX Runtime Mobile and React Native load: Android and RN examples."""
+        if artifact.format != "ort":
+            return {}
+        return {"Classifier.kt": kotlin_snippet(artifact),
+                "classify.ts": react_native_snippet(artifact)}

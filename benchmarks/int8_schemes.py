@@ -1,0 +1,192 @@
+"""INT8 ONNX schemes side by side on this CPU: accuracy, agreement, kernel check and speed.
+
+    python benchmarks/int8_schemes.py                       # ResNet20 (zoo), full 10k test set
+    python benchmarks/int8_schemes.py --emulate-cpu Haswell # + the kernel check on an AVX2 CPU
+
+The pretrained ResNet20 is exported to FP32 ONNX with `kdpipe.export`, then quantized with ONNX
+Runtime's `quantize_static` (QDQ, per-channel weights, 512 stratified training images) in each
+scheme of SCHEMES: the one kdpipe used before (uint8 activations, full 8-bit weights, min/max
+ranges), the one it uses now (7-bit weights, percentile ranges: `kdpipe.export.onnx.INT8_SCHEME`),
+and int8 activations (S8S8). For each file, on the full JPEG test set:
+
+- top-1, and top-1 agreement with the FP32 ONNX model;
+- the kernel check: agreement of the optimized session (ONNX Runtime's integer kernels) with the
+  same file run with graph optimizations off (QDQ computed in float): the saturation detector;
+- batch-1 p50 and batch-32 throughput (kdpipe's latency protocol, 2 threads, >= 1 s per row).
+
+`--emulate-cpu MODEL` reruns the kernel check (on --emulated-images test images) under
+`qemu-x86_64-static -cpu MODEL` (Debian's qemu-user-static): Haswell is an AVX2 CPU without
+AVX-512 or VNNI, the class of CPU where ONNX Runtime's U8S8 kernels saturate. Emulated numbers are
+functional (which predictions change), never timings. Results: --out/summary.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdpipe import atomic  # noqa: E402
+from kdpipe.deploy.latency import measure  # noqa: E402
+from kdpipe.report.table import markdown_table  # noqa: E402
+from kdpipe.runinfo import cpu_facts  # noqa: E402
+
+CHECKPOINT = ROOT.parent / "shared" / "weights" / "resnet20-12fca82f.th"
+DATA = ROOT.parent / "shared" / "datasets" / "cifar10-images.tar.gz"
+SCHEMES: dict[str, dict[str, Any]] = {
+    "U8S8 8-bit, min/max (kdpipe before)": {"reduce_range": False, "activation": "QUInt8",
+                                            "calibration": "MinMax"},
+    "U8S8 7-bit, percentile (kdpipe now)": {"reduce_range": True, "activation": "QUInt8",
+                                            "calibration": "Percentile"},
+    "S8S8 8-bit, min/max": {"reduce_range": False, "activation": "QInt8",
+                            "calibration": "MinMax"},
+}
+COLUMNS = [("scheme", "Scheme"), ("size_kib", "Size KiB"), ("top1", "Top-1 %"),
+           ("agreement", "Agree w/ FP32 %"), ("kernel_agreement", "Kernels vs sim. %"),
+           ("kernel_max_diff", "Kernels vs sim. max |d|"), ("p50_b1_ms", "b1 p50 ms"),
+           ("ips_b32", "b32 img/s")]
+
+
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, scheme: dict[str, Any]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i:i + 64] for i in range(0, len(calibration), 64))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    percentile = scheme["calibration"] == "Percentile"
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=scheme["reduce_range"],
+                    activation_type=getattr(QuantType, scheme["activation"]),
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, scheme["calibration"]),
+                    extra_options={"CalibPercentile": 99.999} if percentile else {})
+
+
+def session(path: Path, optimized: bool, threads: int = 2) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def logits(s: Any, images: np.ndarray, chunk: int = 500) -> np.ndarray:
+    return np.concatenate([s.run(None, {"input": images[i:i + chunk]})[0]
+                           for i in range(0, len(images), chunk)])
+
+
+def kernel_check(path: Path, images: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement %, max |diff|) of the optimized session with the float simulation."""
+    fast, simulated = logits(session(path, True), images), logits(session(path, False), images)
+    return (float(100 * (fast.argmax(1) == simulated.argmax(1)).mean()),
+            float(np.abs(fast - simulated).max()))
+
+
+def emulated_kernel_checks(files: dict[str, Path], images: np.ndarray, cpu: str,
+                           work: Path) -> dict[str, tuple[float, float]]:
+    """`kernel_check` of each file in a subprocess under qemu-x86_64-static -cpu `cpu`."""
+    qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise SystemExit("--emulate-cpu needs qemu-user-static: apt-get install qemu-user-static")
+    np.save(work / "images.npy", images)
+    code = ("import json, sys\nimport numpy as np\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from benchmarks.int8_schemes import kernel_check\n"
+            f"images = np.load({str(work / 'images.npy')!r})\n"
+            "print(json.dumps({k: kernel_check(p, images) for k, p in "
+            "json.loads(sys.argv[1]).items()}))\n")
+    paths = json.dumps({name: str(path) for name, path in files.items()})
+    done = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", code, paths],
+                          capture_output=True, text=True, check=True)
+    return {k: tuple(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "int8-schemes")
+    parser.add_argument("--limit-test", type=int, default=None, help="default: the full test set")
+    parser.add_argument("--emulate-cpu", default=None, help="e.g. Haswell (AVX2, no VNNI)")
+    parser.add_argument("--emulated-images", type=int, default=200)
+    args = parser.parse_args()
+
+    from kdpipe.data import load_dataset, subset
+    from kdpipe.export import export_checkpoint
+
+    dataset = load_dataset(str(args.data))
+    part = subset(dataset, limit_train=512, limit_test=args.limit_test, seed=0)
+    calibration = (part.train_images.float() / 255).numpy()
+    images = np.ascontiguousarray((part.test_images.float() / 255).numpy())
+    labels = part.test_labels.numpy()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (fp32_result,) = export_checkpoint(args.checkpoint, "onnx", "none", args.out / "fp32",
+                                       dataset=dataset, parity_size=1000)
+    reference = logits(session(fp32_result.path, True), images).argmax(1)
+    files = {}
+    for i, (name, scheme) in enumerate(SCHEMES.items()):
+        files[name] = args.out / f"scheme{i}.int8.onnx"
+        quantize(fp32_result.path, files[name], calibration, scheme)
+    rows = []
+    for name, path in files.items():
+        fast = session(path, True)
+        predicted = logits(fast, images).argmax(1)
+        agree_kernels, max_diff = kernel_check(path, images)
+        run = (lambda s: lambda x: s.run(None, {"input": x}))(fast)
+        b1 = measure(run, images.shape[1:], 1, warmup=20, iters=100, min_time_s=1.0)
+        b32 = measure(run, images.shape[1:], 32, warmup=5, iters=50, min_time_s=1.0)
+        rows.append({"scheme": name, "size_kib": round(path.stat().st_size / 1024, 1),
+                     "top1": round(float(100 * (predicted == labels).mean()), 2),
+                     "agreement": round(float(100 * (predicted == reference).mean()), 2),
+                     "kernel_agreement": round(agree_kernels, 2),
+                     "kernel_max_diff": round(max_diff, 3),
+                     "p50_b1_ms": round(b1.p50_ms, 3), "ips_b32": round(b32.throughput_ips)})
+        print(rows[-1], flush=True)
+    fp32_top1 = round(float(100 * (reference == labels).mean()), 2)
+    lines = [f"# INT8 ONNX schemes, ResNet20 (zoo), {len(labels)} test images", "",
+             f"CPU: {cpu_facts()}; FP32 ONNX top-1 {fp32_top1}%.", "",
+             markdown_table(rows, COLUMNS)]
+    summary: dict[str, Any] = {"machine": cpu_facts(), "fp32_top1": fp32_top1, "rows": rows}
+    if args.emulate_cpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            emulated = emulated_kernel_checks(files, images[:args.emulated_images],
+                                              args.emulate_cpu, Path(tmp))
+        summary["emulated"] = {"cpu": args.emulate_cpu, "images": args.emulated_images,
+                               "kernel_checks": emulated}
+        lines += ["", f"Kernel check under qemu-x86_64 -cpu {args.emulate_cpu} (first "
+                      f"{args.emulated_images} images; functional, not timed):", ""]
+        lines += [f"- {name}: kernels vs simulation {a:.2f}%, max |diff| {d:.3f}"
+                  for name, (a, d) in emulated.items()]
+        print(emulated, flush=True)
+    atomic.write_text(args.out / "summary.md", "\n".join(lines) + "\n")
+    atomic.write_json(args.out / "summary.json", summary)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

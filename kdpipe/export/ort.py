@@ -1,0 +1,94 @@
+"""ORT format: the `.ort` flat-buffer file of ONNX Runtime Mobile and onnxruntime-react-native.
+
+The model is exported to ONNX exactly as the `onnx` target does (same graph, same quantization,
+same embedded metadata), then converted by ONNX Runtime's own
+`onnxruntime.tools.convert_onnx_models_to_ort` with its fixed optimizations for ARM (the CPUs of
+phones): the converter leaves out x86-only layout rewrites (NCHWc), so the same file runs on
+phones and, for the parity check and bench here, in the desktop ONNX Runtime. Export with
+`--batch-sizes 1` for NNAPI or Core ML: their providers need a static input shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdpipe.export.base import Calibration, Exported, Runner, Target, register_target
+from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
+from kdpipe.export.onnx import DETAILS, ort_runner, write_onnx
+
+TARGET_PLATFORM = "arm"
+
+
+@register_target
+class OrtTarget(Target):
+    name = "ort"
+    suffix = ".ort"
+    runtime = "onnxruntime"
+    runtime_package = "onnxruntime"
+    libraries = ("onnx", "onnxruntime", "onnxscript")
+    quantizations = {
+        "none": "fp32",
+        "fp16": "fp16 graph, fp32 I/O",
+        "int8": "static QDQ, U8S8 7-bit weights, calibrated",
+    }
+
+    def needs_calibration(self, quantize: str) -> bool:
+        return quantize == "int8"
+
+    def export(self, model: nn.Module, meta: ArtifactMetadata, quantize: str,
+               calibration: Calibration | None, path: Path,
+               batch_sizes: Sequence[int]) -> list[Exported]:
+        """The `onnx` target's file, converted; the ONNX source stays in the staging folder
+        until the parity check has compared the two."""
+        source = _source(path)
+        exported = write_onnx(model, meta, quantize, calibration, source, batch_sizes)
+        _convert(source, path)
+        exported.path = path
+        exported.quantization_detail = DETAILS[quantize]
+        exported.details.update(
+            converter="onnxruntime.tools.convert_onnx_models_to_ort (optimization style Fixed)",
+            target_platform=TARGET_PLATFORM)
+        return [exported]
+
+    def runner(self, exported: Exported) -> Runner:
+        """The `.ort` file in ONNX Runtime; for int8 its integer kernels are compared with the
+        float simulation of the ONNX file it was converted from."""
+        runner = ort_runner(exported.path, exported)
+        source = _source(exported.path)
+        if runner.simulated is not None and source.exists():
+            runner.simulated = ort_runner(source, exported).simulated
+        return runner
+
+    def read_embedded(self, path: Path) -> dict[str, Any] | None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        props = session.get_modelmeta().custom_metadata_map
+        return json.loads(props[EMBEDDED_KEY]) if EMBEDDED_KEY in props else None
+
+
+def _source(path: Path) -> Path:
+    """Where the ONNX file an `.ort` is converted from is staged: `x.int8.ort` -> `x.int8.onnx`."""
+    return path.with_suffix(".onnx")
+
+
+def _convert(source: Path, dest: Path) -> None:
+    """ONNX -> ORT format with ONNX Runtime's converter, quietly (it prints every step)."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    out = source.parent / "ort-out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert_onnx_models_to_ort(source, output_dir=out,
+                                   optimization_styles=[OptimizationStyle.Fixed],
+                                   target_platform=TARGET_PLATFORM)
+    (out / source.with_suffix(".ort").name).replace(dest)

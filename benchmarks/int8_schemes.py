@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdpipe import atomic  # noqa: E402
-from kdpipe.deploy.latency import measure  # noqa: E402
 from kdpipe.report.table import markdown_table  # noqa: E402
 from kdpipe.runinfo import cpu_facts  # noqa: E402
+from kdpipe.runtime.latency import measure  # noqa: E402
 
 CHECKPOINT = ROOT.parent / "shared" / "weights" / "resnet20-12fca82f.th"
 DATA = ROOT.parent / "shared" / "datasets" / "cifar10-images.tar.gz"

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdpipe import atomic  # noqa: E402
-from kdpipe.deploy.bench import BenchConfig, run_bench  # noqa: E402
+from kdpipe.bench.bench import BenchConfig, run_bench  # noqa: E402
 from kdpipe.report.schema import BenchReport, BenchRow  # noqa: E402
 from kdpipe.report.table import markdown_table  # noqa: E402
 

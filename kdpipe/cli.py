@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
 
+from kdpipe.bench.config import BenchConfig
 from kdpipe.cliutil import config_command, friendly_errors
-from kdpipe.deploy.config import BenchConfig
+from kdpipe.config import to_dict
 from kdpipe.export.config import ExportConfig, support_table
+from kdpipe.pipeline import PipelineConfig, load_pipeline_config
 from kdpipe.progress import console
-from kdpipe.train.config import TrainConfig
-from kdpipe.train.distill import DistillConfig
+from kdpipe.sweep import SweepOptions, sweep_configs
+from kdpipe.train.config import DistillConfig, EvalConfig, TrainConfig
 
 app = typer.Typer(
     name="kdpipe",
@@ -66,14 +67,11 @@ def distill(
     )
 
 
-@app.command()
-@friendly_errors
+@config_command(app, SweepOptions)
 def sweep(
-    config: Path = typer.Argument(..., help="sweep file (TOML/YAML) with base and grid tables"),
-    out: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs typing.Optional
-        None, "--out", help="sweep folder (default: the file's out)"
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells, run none"),
+    config: SweepOptions,
+    sweep_file: str = typer.Argument(..., help="sweep file (TOML/YAML) with base and grid "
+                                     "tables, or a shipped one: " + ", ".join(sweep_configs())),
 ) -> None:
     # A raw docstring: `\[` keeps rich markup from taking [base] for a style tag in --help.
     r"""Run a grid of distill cells (resumable: finished cells are kept), then write the tables.
@@ -94,36 +92,31 @@ def sweep(
         method = ["kd"]
         points = [{temperature = 10, alpha = 0.2}, {temperature = 4, alpha = 0.9}]
 
-    Writes results.md ("Temperature | Alpha | Score", "Task | Score"),
+    Writes results.md ("Temperature | Alpha | Score"),
     CSV tables and results.png into out.
 
-    Example: kdpipe sweep configs/sweep-resnet.toml --dry-run   (lists the cells)
+    Example: kdpipe sweep sweep-resnet --dry-run   (lists the cells of the shipped
+    kdpipe/configs/sweep-resnet.toml)
     """
-    from kdpipe.train.sweep import run_sweep
+    from kdpipe.sweep import run_sweep
 
-    result = run_sweep(config, out=out, dry_run=dry_run)
-    if not dry_run:
+    result = run_sweep(sweep_file, out=config.out, dry_run=config.dry_run)
+    if not config.dry_run:
         console.print(
             f"{len(result['ran'])} cells run, {len(result['skipped'])} already done; "
             f"report: {result['files'].get('markdown', '(no finished cell)')}"
         )
 
 
-@app.command("eval")
-@friendly_errors
+@config_command(app, EvalConfig, "eval")
 def eval_(
+    config: EvalConfig,
     checkpoint: Path = typer.Argument(..., help="kdpipe checkpoint or pytorch_resnet_cifar10 file"),
-    data: Optional[str] = typer.Option(None, help="data set (as for `kdpipe train`)"),  # noqa: UP045
-    limit_test: Optional[int] = typer.Option(None, help="stratified subset of N test images"),  # noqa: UP045
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    download: bool = typer.Option(False, help="let torchvision download CIFAR-10"),
 ) -> None:
     """Print the top-1 accuracy of a checkpoint on the test set."""
     from kdpipe.train.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        checkpoint, data=data, limit_test=limit_test, device=device, download=download
-    )
+    result = evaluate_checkpoint(checkpoint, **to_dict(config))
     console.print(f"top-1 {result['top1']:.2f}% on {result['n']} test images ({checkpoint})")
 
 
@@ -161,20 +154,13 @@ def export(
 def bench(
     config: BenchConfig,
     artifacts: list[Path] = typer.Argument(..., help="exported files and/or checkpoints"),
-    batch_sizes: Optional[str] = typer.Option(  # noqa: UP045 - typer needs typing.Optional
-        None, "--batch-sizes", help="comma-separated batch sizes to time [default: 1,32]"
-    ),
 ) -> None:
     """Accuracy, latency, throughput and memory of each file in its runtimes, in one report.
 
     Example: kdpipe bench runs/export/resnet20.onnx runs/train/model.pt --batch-sizes 1,32
     """
-    import dataclasses
+    from kdpipe.bench import run_bench
 
-    from kdpipe.deploy import run_bench
-
-    if batch_sizes is not None:
-        config = dataclasses.replace(config, batch_sizes=batch_sizes)
     _, files = run_bench(artifacts, config)
     console.print("report: " + ", ".join(str(path) for path in files.values()))
 
@@ -198,36 +184,22 @@ def list_() -> None:
     """Show the models, methods, export targets and runtimes, and what is installed."""
     from rich.console import Console
 
-    from kdpipe.deploy import print_catalog
+    from kdpipe.catalog import print_catalog
 
     print_catalog(Console())
 
 
-@app.command()
-@friendly_errors
-def pipeline(
-    config: Optional[str] = typer.Argument(  # noqa: UP045
-        None, help="pipeline config file (TOML/YAML), or a shipped one: quickstart (default), full"
-    ),
-    out: Optional[str] = typer.Option(None, help="report folder [default: the config's]"),  # noqa: UP045
-    data: Optional[str] = typer.Option(None, help="data set [default: the config's]"),  # noqa: UP045
-    teacher_checkpoint: Optional[str] = typer.Option(None, help="teacher weights"),  # noqa: UP045
-    download: Optional[bool] = typer.Option(  # noqa: UP045
-        None, "--download", help="allow fetching CIFAR-10 and the config's teacher_url"
-    ),
-) -> None:
+@config_command(app, PipelineConfig, file_argument="pipeline config file (TOML/YAML), or a "
+                "shipped one: quickstart (default), full", load=load_pipeline_config)
+def pipeline(config: PipelineConfig) -> None:
     """Run distill -> export -> bench from one config and write one report (index.md).
 
     Re-running skips the stages whose outputs are complete and match the config, so an
     interrupted pipeline resumes where it stopped. Example: kdpipe pipeline (the quickstart).
     """
-    from kdpipe.pipeline import load_pipeline_config, run_pipeline
+    from kdpipe.pipeline import run_pipeline
 
-    settings = load_pipeline_config(
-        config,
-        {"out": out, "data": data, "teacher_checkpoint": teacher_checkpoint, "download": download},
-    )
-    index = run_pipeline(settings)
+    index = run_pipeline(config)
     console.print(f"report: {index}")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from kdpipe.config import merge, read_config_file
+from kdpipe.config import comma_list, merge, read_config_file
 from kdpipe.errors import KdpipeError
 from kdpipe.progress import console
 
@@ -46,19 +46,42 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _cli_type(tp: Any) -> Any | None:
-    """The type typer should parse a field as (always optional), or None if config-file only."""
+def _list_item(tp: Any) -> type | None:
+    """`int` for `list[int]` (optional or not), None for a field that is not a plain list."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _list_item(inner[0]) if len(inner) == 1 else None
+    if origin in (list, tuple) and args and args[0] in (int, float, str):
+        return args[0]
+    return None
+
+
+def _cli_type(tp: Any) -> Any | None:
+    """The type typer should parse a field as (always optional), or None if config-file only.
+    Lists are one comma-separated flag (`--batch-sizes 1,32`), parsed by `comma_list`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _list_item(tp) is not None:
+        return Optional[str]  # noqa: UP045 - typer needs typing.Optional
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _cli_type(inner[0]) if len(inner) == 1 else None
     if origin is typing.Literal:
         return Optional[str]  # noqa: UP045 - typer needs typing.Optional
-    if origin in (list, tuple):
-        return Optional[list[args[0]]] if args and args[0] in (int, float, str) else None  # noqa: UP045
     if tp in (int, float, str, bool, Path):
         return Optional[tp]  # noqa: UP045
     return None
+
+
+def parse_flags(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Flag values as the config's types: comma-separated lists become lists."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for name, value in values.items():
+        item = _list_item(hints[name])
+        if item is not None and isinstance(value, str):
+            out[name] = comma_list(value, item, "--" + name.replace("_", "-"))
+    return out
 
 
 def _flag_names(name: str, tp: Any) -> list[str]:
@@ -93,9 +116,17 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
 
 
 def config_command(
-    app: typer.Typer, cls: type, name: str | None = None, **command_kwargs: Any
+    app: typer.Typer, cls: type, name: str | None = None, *,
+    file_argument: str | None = None,
+    load: Callable[[str | None, dict[str, Any]], Any] | None = None,
+    **command_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `fn(config: cls, **own_params)` as a command whose flags are `cls`'s fields."""
+    """Register `fn(config: cls, **own_params)` as a command whose flags are `cls`'s fields.
+
+    The config file is `--config FILE`, or with `file_argument` (its help text) an optional
+    positional argument instead, as in `kdpipe pipeline full`. `load(file, flags)` builds the
+    config where the file needs more than `merge` (a shipped name, say).
+    """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         # Resolve string annotations (`from __future__ import annotations`): typer needs types.
@@ -107,23 +138,30 @@ def config_command(
         ]
         field_params = config_parameters(cls)
         field_names = {p.name for p in field_params}
+        if file_argument is None:
+            file_default = typer.Option(
+                None, "--config",
+                help="TOML or YAML file with any of these options (flags override it)")
+        else:
+            file_default = typer.Argument(None, metavar="CONFIG", help=file_argument,
+                                          show_default=False)
         config_param = inspect.Parameter(
             "config_file",
             inspect.Parameter.KEYWORD_ONLY,
-            annotation=Optional[Path],  # noqa: UP045
-            default=typer.Option(
-                None,
-                "--config",
-                help="TOML or YAML file with any of these options (flags override it)",
-            ),
+            annotation=Optional[str],  # noqa: UP045
+            default=file_default,
         )
 
         @friendly_errors
         def command(**kwargs: Any) -> Any:
             config_file = kwargs.pop("config_file")
-            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in field_names}
-            file_values = read_config_file(config_file) if config_file else {}
-            config = merge(cls, file_values, overrides)
+            overrides = parse_flags(cls, {k: kwargs.pop(k) for k in list(kwargs)
+                                          if k in field_names})
+            if load is not None:
+                config = load(config_file, overrides)
+            else:
+                file_values = read_config_file(config_file) if config_file else {}
+                config = merge(cls, file_values, overrides)
             return fn(config, **kwargs)
 
         positional = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]

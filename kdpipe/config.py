@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,26 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 C = TypeVar("C")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the config files shipped in the package's `kdpipe/configs/` (package data):
+    pipelines (`quickstart`, `full`) and sweeps (`sweep-*`)."""
+    folder = resources.files("kdpipe") / "configs"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def find_config_file(source: str | Path) -> Path:
+    """`source` if it is a file; else the shipped config it names, by name (`sweep-resnet`) or by
+    the path it has in a checkout (`configs/sweep-resnet.toml`, from before the sweep files
+    moved into the package), so one command works from a checkout and after `pip install`."""
+    path = Path(source)
+    if path.exists():
+        return path
+    name = path.name[: -len(".toml")] if path.name.endswith(".toml") else path.name
+    if name in shipped_configs():
+        return Path(str(resources.files("kdpipe") / "configs" / f"{name}.toml"))
+    return path  # read_config_file says it is missing
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -55,6 +76,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Annotated:
+        partial = next((m for m in tp.__metadata__ if isinstance(m, Partial)), None)
+        if partial is not None:
+            return check_partial(partial, value, where)
+        return _check_type(value, args[0], where)
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             try:
@@ -105,7 +131,7 @@ def _type_name(tp: Any) -> str:
 
 def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
     """Build dataclass `cls` from `values`, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -118,11 +144,12 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
     return cls(**kwargs)
 
 
-def merge(cls: type[C], file_values: dict[str, Any], overrides: dict[str, Any]) -> C:
+def merge(cls: type[C], file_values: dict[str, Any], overrides: dict[str, Any],
+          where: str = "config") -> C:
     """Config file values, then `overrides` (flags the user set; `None` means "not given")."""
     values = dict(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(cls, values)
+    return from_dict(cls, values, where=where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -140,8 +167,77 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field whose `help` text the CLI shows, so flags and config keys share one doc."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
+           result: bool = True, short: str | None = None) -> Any:
+    """A dataclass field whose `help` text the CLI shows, so flags and config keys share one doc.
+
+    `result=False` marks a setting that changes where or how a run goes, never its numbers (the
+    progress bar, the run folder, threads): resume checks, sweep cells and pipeline stage hashes
+    leave it out (`results_only`). `short` is how the option appears in a sweep cell's name
+    (`T` for temperature: `kd-T4-...`; "" for the bare value).
+    """
+    metadata = {"help": help, "result": result, "short": short}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def result_fields(cls: Any) -> frozenset[str]:
+    """The fields of config dataclass `cls` (a class or an instance) that can change a result."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("result", True))
+
+
+def not_result_fields(cls: Any) -> frozenset[str]:
+    """The fields marked `option(..., result=False)`: where and how a run goes, not its numbers."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if not f.metadata.get("result", True))
+
+
+def results_only(config: Any, cls: Any = None) -> dict[str, Any]:
+    """`to_dict(config)` without the `result=False` fields: what decides the run's numbers, the
+    key of resume checks, sweep cells and pipeline stages. `config` may already be a dict of
+    `cls`'s fields."""
+    values = config if isinstance(config, dict) else to_dict(config)
+    skip = not_result_fields(cls if cls is not None else config)
+    return {k: v for k, v in values.items() if k not in skip}
+
+
+@dataclasses.dataclass(frozen=True)
+class Partial:
+    """Type metadata: a table of some of `cls`'s options, checked key by key and type by type
+    when the file loads, e.g. a pipeline's `[train]` (`Annotated[dict, Partial(TrainConfig)]`).
+    `exclude` names options the surrounding config sets itself."""
+
+    cls: Any
+    exclude: tuple[str, ...] = ()
+
+
+def check_partial(spec: Partial, values: Any, where: str) -> dict[str, Any]:
+    """`values` type-checked against `spec.cls`'s fields; unknown or excluded keys are errors."""
+    if not isinstance(values, dict):
+        raise KdpipeError(f"{where}: expected a table of options, got {values!r}")
+    hints = typing.get_type_hints(spec.cls)
+    known = {f.name for f in dataclasses.fields(spec.cls) if f.init} - set(spec.exclude)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        set_elsewhere = sorted(set(unknown) & set(spec.exclude))
+        why = (f" ({', '.join(set_elsewhere)} set by the surrounding config)"
+               if set_elsewhere else "")
+        raise KdpipeError(f"{where}: unknown option(s) {', '.join(unknown)}{why}; known: "
+                          f"{', '.join(sorted(known))}")
+    return {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+
+
+def comma_list(text: str | list[Any], item: type, flag: str) -> list[Any]:
+    """"1,32" -> [1, 32]: the one parser of comma-separated flag values (a list passes through,
+    its items converted). Empty items are dropped; order and repeats are kept."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    values = [str(p).strip() for p in parts if str(p).strip()]
+    if not values:
+        raise KdpipeError(f"{flag} is empty; give comma-separated values like "
+                          f"{'1,32' if item in (int, float) else 'a,b'}")
+    try:
+        return [item(v) for v in values]
+    except ValueError:
+        kind = {int: "integers", float: "numbers"}.get(item, "values")
+        raise KdpipeError(f"{flag} takes comma-separated {kind} like "
+                          f"{'1,32' if item in (int, float) else 'a,b'}; got {text!r}") from None

@@ -14,20 +14,32 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from importlib import resources
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from kdpipe import atomic
-from kdpipe.config import from_dict, option, read_config_file, to_dict
+from kdpipe.bench.config import BenchConfig
+from kdpipe.config import (
+    Partial,
+    find_config_file,
+    from_dict,
+    option,
+    read_config_file,
+    results_only,
+    shipped_configs,
+    to_dict,
+)
 from kdpipe.data import default_data_path
 from kdpipe.errors import KdpipeError
+from kdpipe.export.config import ExportConfig
 from kdpipe.models import file_sha256
 from kdpipe.progress import console
+from kdpipe.train.config import DistillConfig, TrainConfig
 
 DEFAULT_CONFIG = "quickstart"
 SHARED_TEACHER = Path("shared") / "weights" / "resnet56-4bfd9763.th"
+DISTILL_SET_BY_PIPELINE = ("model", "student", "method", "teacher_checkpoint", "out")
 
 
 @dataclass
@@ -52,34 +64,35 @@ class PipelineConfig:
     student: str = option("resnet20", "student model")
     scratch: bool = option(True, "also train the student from scratch, the baseline")
     methods: list[str] = option(help="distillation methods, e.g. [kd, rkd]", factory=lambda: ["kd"])
-    train: dict = option(help="TrainConfig options shared by scratch and distill runs",
-                         factory=dict)
-    distill: dict = option(help="DistillConfig options of the methods (temperature, ...)",
-                           factory=dict)
+    # Tables of some options each, checked key by key and type by type when the file loads.
+    train: Annotated[dict, Partial(TrainConfig, exclude=("model", "out"))] = option(
+        help="`kdpipe train` options shared by scratch and distill runs (epochs, lr, ...); the "
+             "model and out come from the pipeline", factory=dict)
+    distill: Annotated[dict, Partial(DistillConfig, exclude=DISTILL_SET_BY_PIPELINE)] = option(
+        help="`kdpipe distill` options of the methods (temperature, ...); the student, method, "
+             "teacher and out come from the pipeline", factory=dict)
     export: list[ExportSpec] = option(help="artifacts of every model", factory=list)
-    export_options: dict = option(help="ExportConfig options (parity_size, ...)", factory=dict)
+    export_options: ExportConfig = option(
+        help="`kdpipe export` options shared by every export (parity_size, batch_sizes, ...); "
+             "target, quantize, out and name come from [[export]] and the pipeline",
+        factory=ExportConfig)
     export_teacher: bool = option(True, "export and bench the teacher too")
-    bench: dict = option(help="BenchConfig options (batch_sizes, iters, ...)", factory=dict)
+    bench: BenchConfig = option(help="`kdpipe bench` options (batch_sizes, iters, ...); data and "
+                                "out come from the pipeline", factory=BenchConfig)
     progress: bool = option(True, "show progress bars")
 
 
 # ---------------------------------------------------------------- configuration
 def builtin_configs() -> list[str]:
-    """Names of the configs shipped inside the package (`kdpipe pipeline NAME`)."""
-    folder = resources.files("kdpipe") / "configs"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    """Names of the pipeline configs shipped inside the package (`kdpipe pipeline NAME`); the
+    `sweep-*` files beside them are `kdpipe sweep`'s."""
+    return [name for name in shipped_configs() if not name.startswith("sweep-")]
 
 
 def load_pipeline_config(source: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """A config file path, or the name of a shipped one (default: quickstart), plus flags."""
     name = source or DEFAULT_CONFIG
-    if name in builtin_configs() and not Path(name).exists():
-        text = (resources.files("kdpipe") / "configs" / f"{name}.toml").read_text()
-        import tomllib
-
-        values = tomllib.loads(text)
-    else:
-        values = read_config_file(name)
+    values = read_config_file(find_config_file(name))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(PipelineConfig, values, where=f"pipeline config {name}")
 
@@ -171,8 +184,8 @@ def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -
 # ---------------------------------------------------------------- the stages
 def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str, Path]:
     """Scratch baseline and one distilled student per method; returns name -> model.pt."""
-    from kdpipe.train import TrainConfig, train_baseline
-    from kdpipe.train.distill import DistillConfig, distill
+    from kdpipe.train import train_baseline
+    from kdpipe.train.distill import distill
 
     out = Path(config.out)
     common = {"data": data, "download": config.download, "cache_dir": config.cache_dir,
@@ -181,7 +194,7 @@ def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str
     if config.scratch:
         cfg = from_dict(TrainConfig, {**common, "model": config.student,
                                       "out": str(out / "scratch")}, where="pipeline train")
-        spec = {"config": _portable(to_dict(cfg))}
+        spec = {"config": results_only(cfg)}
         run_stage(out / "scratch", spec, lambda resume: train_baseline(cfg, resume=resume))
         runs["scratch"] = out / "scratch" / "model.pt"
     for method in config.methods:
@@ -189,7 +202,7 @@ def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str
         cfg = from_dict(DistillConfig, {**common, **config.distill, "model": config.student,
                                         "method": method, "teacher_checkpoint": str(teacher),
                                         "out": str(out / name)}, where="pipeline distill")
-        spec = {"config": _portable(to_dict(cfg)), "teacher_sha256": file_sha256(teacher)}
+        spec = {"config": results_only(cfg), "teacher_sha256": file_sha256(teacher)}
         run_stage(out / name, spec, lambda resume, cfg=cfg: distill(cfg, resume=resume))
         runs[name] = out / name / "model.pt"
     return runs
@@ -229,31 +242,31 @@ def export_models(config: PipelineConfig, data: str,
     failed: list[FailedArtifact] = []
     for name, checkpoint in models.items():
         folder = Path(config.out) / "export" / name
-        options = {"calibration_data": data, "download": config.download, "name": name,
-                   **config.export_options}
-        spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": options,
+        options = replace(config.export_options, out=folder, name=name, calibration_data=data,
+                          download=config.download)
+        spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": to_dict(options),
                 "export": [to_dict(e) for e in config.export]}
 
         def work(resume: bool, name: str = name, checkpoint: Path = checkpoint,
-                 folder: Path = folder, options: dict = options) -> None:
-            export_jobs(name, checkpoint, folder, config.export, options, resume)
+                 options: ExportConfig = options) -> None:
+            export_jobs(name, checkpoint, options, config.export, resume)
 
         try:
             run_stage(folder, spec, work)
         except ExportStageFailed as e:
             failed += e.failed
-        artifacts += sorted(p for p in folder.iterdir()
-                            if p.suffix in (".onnx", ".ort", ".pte", ".pt", ".mlpackage")
-                            and (folder / f"{p.name}.json").exists())
+        artifacts += exported_files(folder)
     return artifacts, failed
 
 
-def export_jobs(name: str, checkpoint: Path, folder: Path, specs: list[ExportSpec],
-                options: dict[str, Any], resume: bool) -> None:
-    """Run each export spec not yet done in `folder`; raise `ExportStageFailed` at the end if
-    any failed, so the stage stays incomplete and a re-run retries just those."""
-    from kdpipe.export import ExportFailed, export_checkpoint
+def export_jobs(name: str, checkpoint: Path, options: ExportConfig, specs: list[ExportSpec],
+                resume: bool) -> None:
+    """Run each export spec not yet done in `options.out`, recording the files each wrote in its
+    `done.json`; raise `ExportStageFailed` at the end if any failed, so the stage stays
+    incomplete and a re-run retries just those."""
+    from kdpipe.export import ExportFailed, run_export
 
+    folder = Path(options.out)
     ledger = folder / EXPORT_LEDGER
     done = json.loads(ledger.read_text()) if resume and ledger.exists() else {}
     failed = []
@@ -263,7 +276,8 @@ def export_jobs(name: str, checkpoint: Path, folder: Path, specs: list[ExportSpe
             console.print(f"[dim]{name} {e.target} {e.quantize}: exported before, kept[/]")
             continue
         try:
-            results = export_checkpoint(checkpoint, e.target, e.quantize, folder, **options)
+            results = run_export(checkpoint, replace(options, target=[e.target],
+                                                     quantize=[e.quantize]))
         except ExportFailed as err:
             failed += [FailedArtifact(name, r.target, r.quantize, r.reason)
                        for r in err.results if r.status == "failed"]
@@ -274,15 +288,21 @@ def export_jobs(name: str, checkpoint: Path, folder: Path, specs: list[ExportSpe
         raise ExportStageFailed(failed)
 
 
+def exported_files(folder: Path) -> list[Path]:
+    """The artifacts the export jobs of `folder` returned, as its `done.json` records them."""
+    ledger = folder / EXPORT_LEDGER
+    done = json.loads(ledger.read_text()) if ledger.exists() else {}
+    return [folder / f for files in done.values() for f in files if (folder / f).exists()]
+
+
 def bench_everything(config: PipelineConfig, data: str, files: list[Path]) -> Path:
     """Bench the checkpoints (PyTorch eager) and every artifact side by side in one run."""
-    from kdpipe.deploy.bench import BenchConfig, run_bench
+    from kdpipe.bench import run_bench
 
     folder = Path(config.out) / "bench"
-    bench = from_dict(BenchConfig, {"data": data, "download": config.download,
-                                    "cache_dir": config.cache_dir, "progress": config.progress,
-                                    **config.bench, "out": str(folder)}, where="pipeline bench")
-    spec = {"files": {str(p): _sha(p) for p in files}, "bench": _portable(to_dict(bench))}
+    bench = replace(config.bench, data=data, download=config.download,
+                    cache_dir=config.cache_dir, progress=config.progress, out=str(folder))
+    spec = {"files": {str(p): _sha(p) for p in files}, "bench": results_only(bench)}
     run_stage(folder, spec, lambda resume: run_bench([str(p) for p in files], bench))
     return folder
 
@@ -296,11 +316,6 @@ def _sha(path: Path) -> str:
                 digest.update(file_sha256(p).encode())
         return digest.hexdigest()
     return file_sha256(path)
-
-
-def _portable(values: dict[str, Any]) -> dict[str, Any]:
-    """Config values that decide results (the progress bar does not)."""
-    return {k: v for k, v in values.items() if k not in ("progress",)}
 
 
 # ---------------------------------------------------------------- entry point

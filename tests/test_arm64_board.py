@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.deploy.bench import run_bench
+from kdpipe.bench.bench import run_bench
 
 from .test_bench import fast_config, image_folder, make_artifacts
 from .test_ssh import free_port

@@ -16,14 +16,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from kdpipe.bench import remote_runner
+from kdpipe.bench.bench import run_bench
+from kdpipe.bench.config import BenchConfig
 from kdpipe.cli import app
-from kdpipe.deploy import latency, remote_runner
-from kdpipe.deploy.bench import run_bench
-from kdpipe.deploy.config import BenchConfig, parse_batch_sizes
+from kdpipe.config import comma_list, from_dict
 from kdpipe.errors import KdpipeError
 from kdpipe.export.metadata import read_metadata, sidecar_path
 from kdpipe.report.plot import Point, pareto_front
 from kdpipe.report.schema import SCHEMA_VERSION, load_bench_report
+from kdpipe.runtime import latency
 
 from .conftest import synthetic_dataset
 
@@ -180,11 +182,15 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_batch_sizes_parse_from_a_flag_or_a_list():
-    assert parse_batch_sizes("1,32") == [1, 32]
-    assert parse_batch_sizes([32, 1, 32]) == [32, 1]
-    for bad in ("0", "1,x", ""):
-        with pytest.raises(KdpipeError, match="batch sizes"):
-            parse_batch_sizes(bad)
+    assert comma_list("1,32", int, "--batch-sizes") == [1, 32]
+    assert comma_list([32, 1], int, "--batch-sizes") == [32, 1]
+    for bad in ("1,x", ""):
+        with pytest.raises(KdpipeError, match="--batch-sizes"):
+            comma_list(bad, int, "--batch-sizes")
+    with pytest.raises(KdpipeError, match="batch sizes"):
+        BenchConfig(batch_sizes=[0])
+    with pytest.raises(KdpipeError, match="expected a list"):  # a file holds a list, not text
+        from_dict(BenchConfig, {"batch_sizes": "1,32"})
 
 
 # ---------------------------------------------------------------- end to end
@@ -290,7 +296,7 @@ def test_a_model_for_other_classes_is_refused_before_anything_runs(tiny, tmp_pat
 
 def test_bench_reads_a_config_file(tiny, tmp_path):
     config = tmp_path / "bench.toml"
-    config.write_text(f'batch_sizes = "2"\niters = 3\nmin_time_s = 0\nwarmup = 1\nmemory = false\n'
+    config.write_text(f'batch_sizes = [2]\niters = 3\nmin_time_s = 0\nwarmup = 1\nmemory = false\n'
                       f'accuracy = false\nruntimes = ["onnxruntime"]\nout = "{tmp_path / "o"}"\n')
     result = invoke("bench", tiny["onnx"], "--config", config)
     assert result.exit_code == 0, result.output
@@ -299,7 +305,7 @@ def test_bench_reads_a_config_file(tiny, tmp_path):
 
 
 def test_optional_runtimes_are_not_imported_with_kdpipe_deploy():
-    code = ("import sys, kdpipe.deploy, kdpipe.deploy.bench, kdpipe.deploy.runtimes; "
+    code = ("import sys, kdpipe.deploy, kdpipe.bench.bench, kdpipe.runtime; "
             "print([m for m in ('executorch', 'coremltools', 'tensorrt', 'torch_tensorrt') "
             "if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -312,7 +318,7 @@ def test_list_shows_every_registry_with_availability():
     for needle in ("models", "resnet20", "methods", "export targets", "runtimes", "onnxruntime",
                    "tensorrt", "executorch", "training devices"):
         assert needle in result.output
-    from kdpipe.deploy.catalog import training_devices
+    from kdpipe.catalog import training_devices
     from kdpipe.train.precision import native_bf16
 
     cpu = training_devices()[0]

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from kdpipe.cli import app
 from kdpipe.deploy import bundle
-from kdpipe.deploy.artifact import open_artifact
 from kdpipe.deploy.bundle import build_bundle
-from kdpipe.deploy.runtimes import runtime
 from kdpipe.errors import KdpipeError
+from kdpipe.runtime import runtime
+from kdpipe.runtime.artifact import open_artifact
 
 from .test_bench import make_artifacts, sidecar
 

@@ -361,16 +361,25 @@ def test_cli_distill_end_to_end(tmp_path):
 NEW_METHODS = ["dkd", "dist", "lskd", "at"]
 
 
-@pytest.mark.parametrize("method", [*NEW_METHODS, "dkd+rkd"])
-def test_one_tiny_distill_of_each_new_method(tmp_path, data, method):
+# Every registered method and one sum: a new method gets this test by its registration alone.
+@pytest.mark.parametrize("method", [*METHODS.names(), "dkd+rkd"])
+def test_one_tiny_distill_of_every_method(tmp_path, data, method):
     teacher = save_teacher(tmp_path / "teacher.pt", seed=1)
     summary = distill(config(tmp_path, teacher, method=method, dkd_warmup_epochs=0.5))
     assert summary["method"] == method and summary["model"] == "resnet20"
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    for part in ["ce", *method.split("+")]:
-        key = "train_rkd_angle" if part == "rkd" else f"train_{part}"
-        assert torch.isfinite(torch.tensor(row[key])), key
-    assert row["train_ce"] > 0 and row[f"train_{method.split('+')[0]}"] > 0
+    terms = [k for k in row if k.startswith("train_") and k not in ("train_loss", "train_top1",
+                                                                    "train_ce")]
+    assert row["train_ce"] > 0 and all(torch.isfinite(torch.tensor(row[k])) for k in terms)
+    if any(m.needs_teacher for m in resolve(method)):
+        assert terms and all(row[k] > 0 for k in terms), terms  # every loss term is at work
+        assert summary["teacher_params"] > 0 and summary["teacher_macs"] > 0
+    for part in method.split("+"):
+        if part in NEW_METHODS:
+            key = "train_rkd_angle" if part == "rkd" else f"train_{part}"
+            assert torch.isfinite(torch.tensor(row[key])), key
+    if method.split("+")[0] in NEW_METHODS:
+        assert row[f"train_{method.split('+')[0]}"] > 0
     assert load_checkpoint(tmp_path / "run" / "model.pt").kdpipe_meta.model == "resnet20"
 
 

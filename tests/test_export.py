@@ -29,7 +29,7 @@ from kdpipe.cli import app
 from kdpipe.errors import KdpipeError
 from kdpipe.export import base, export_checkpoint, read_embedded_metadata, read_metadata
 from kdpipe.export.api import ExportFailed, ExportResult
-from kdpipe.export.base import Normalized, Runner, batch_variant, package_available
+from kdpipe.export.base import Normalized, batch_variant, package_available
 from kdpipe.export.config import ExportConfig, plan, support_table
 from kdpipe.export.metadata import (
     SCHEMA_VERSION,
@@ -160,7 +160,8 @@ def assert_one_line_refusal(result, *needles: str) -> None:
 
 
 def test_every_target_is_registered_and_tabled():
-    assert TARGETS.names() == ["coreml", "executorch", "onnx", "ort", "torchscript"]
+    assert TARGETS.names() == ["coreml", "executorch", "litert", "ncnn", "onnx", "openvino",
+                               "ort", "torchscript"]
     table = support_table()
     for name in TARGETS.names():
         assert f"| {name} | {TARGETS.get(name).suffix} |" in table
@@ -190,7 +191,8 @@ def test_batch_variant_names():
     (["--target", "torchscript", "--quantize", "int8"], ["torchscript", "supports: none"]),
     (["--target", "executorch", "--quantize", "fp16"], ["supports: none, int8"]),
     (["--target", "tflite"], ["unknown export target 'tflite'",
-                              "coreml, executorch, onnx, ort, torchscript"]),
+                              "coreml, executorch, litert, ncnn, onnx, openvino, ort, "
+                              "torchscript"]),
     (["--target", "onnx", "--quantize", "int4"], ["unknown --quantize int4", "none, fp16, int8"]),
     (["--target", "onnx", "--batch-sizes", "1,x"], ["--batch-sizes"]),
 ])
@@ -216,7 +218,9 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
 def test_all_skips_what_cannot_be_done_with_the_reason(monkeypatch):
     monkeypatch.setattr(base, "package_available", lambda name: name != "coremltools")
     jobs, skipped = plan(ExportConfig(target="all", quantize="fp16"))
-    assert [(j.target.name, j.quantize) for j in jobs] == [("onnx", "fp16"), ("ort", "fp16")]
+    assert [(j.target.name, j.quantize) for j in jobs] == [
+        ("litert", "fp16"), ("ncnn", "fp16"), ("onnx", "fp16"), ("openvino", "fp16"),
+        ("ort", "fp16")]
     reasons = {name: why for name, _, why in skipped}
     assert "kdpipe[coreml]" in reasons["coreml"]
     assert "supports: none, int8" in reasons["executorch"]
@@ -410,18 +414,19 @@ def test_int8_kernels_that_disagree_with_their_simulation_fail(tmp_path, monkeyp
                                                                random_checkpoint):
     """What saturating U8S8 kernels on an AVX2 CPU without VNNI look like to the gate: the
     optimized session's predictions differ from the float simulation of the same file."""
-    from kdpipe.export import onnx as onnx_target
+    from kdpipe.runtime.onnxruntime import OnnxRuntime
 
-    real = onnx_target.ort_runner
+    real = OnnxRuntime.load
 
-    def saturating(path, exported):
-        runner = real(path, exported)
-        if runner.simulated is not None:
-            fn = runner.fn
-            runner.fn = lambda x: np.roll(fn(x), 1, axis=1) if len(x) > 1 else fn(x)
-        return runner
+    def saturating(self, artifact, threads):
+        session = real(self, artifact, threads)
+        if artifact.quantization != "int8":
+            return session
+        fast = session.run
+        session.run = lambda x: np.roll(fast(x), 1, axis=1) if len(x) > 1 else fast(x)
+        return session
 
-    monkeypatch.setattr(onnx_target, "ort_runner", saturating)
+    monkeypatch.setattr(OnnxRuntime, "load", saturating)
     monkeypatch.setattr("kdpipe.export.parity.MAX_TOP1_DROP", 100.0)
     monkeypatch.setattr("kdpipe.export.parity.MIN_INT8_AGREEMENT", 0.0)
     with pytest.raises(ExportFailed) as failed:
@@ -564,9 +569,13 @@ def test_cli_exports_torchscript_that_loads_with_torch_alone(random_checkpoint, 
 
 def test_failing_parity_leaves_no_artifact(random_checkpoint, image_folder, tmp_path,
                                            monkeypatch):
-    target = TARGETS.get("torchscript")
-    garbage = Runner(fn=lambda x: np.random.default_rng(0).normal(size=(len(x), 10)))
-    monkeypatch.setattr(type(target), "runner", lambda self, exported: garbage)
+    from kdpipe.runtime.torchscript import TorchScript
+
+    class Garbage:
+        def run(self, x):
+            return np.random.default_rng(0).normal(size=(len(x), 10)).astype(np.float32)
+
+    monkeypatch.setattr(TorchScript, "load", lambda self, artifact, threads: Garbage())
     out = tmp_path / "out"
     result = invoke(random_checkpoint, "--target", "torchscript", "--calibration-data",
                     image_folder, "--parity-size", 20, "--out", out)

@@ -41,8 +41,8 @@ import sys
 from pathlib import Path
 
 import kdpipe.atomic
-import kdpipe.train.objective
 import kdpipe.train.trainer
+import kdpipe.train.trainer_objective
 
 where, _, n = os.environ.get("KDPIPE_FAULT", "").partition(":")
 calls = 0
@@ -62,7 +62,7 @@ def pause_after(fn, counts=lambda *args: True):
 
 
 if where == "forward":
-    cls = kdpipe.train.objective.CrossEntropyObjective
+    cls = kdpipe.train.trainer_objective.CrossEntropyObjective
     cls.forward = pause_after(cls.forward)
 elif where == "evaluate":
     kdpipe.train.trainer.evaluate = pause_after(kdpipe.train.trainer.evaluate)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import kdpipe.deploy.bench
+import kdpipe.bench.bench
 import kdpipe.export
 import kdpipe.train
 from kdpipe.cli import app
@@ -61,7 +61,7 @@ quantize = "none"
 
 [export_options]
 parity_size = 20
-batch_sizes = "1,4"
+batch_sizes = [1, 4]
 
 [bench]
 batch_sizes = [1]
@@ -91,13 +91,13 @@ def test_pipeline_end_to_end_and_resume_after_each_stage(tiny_pipeline, monkeypa
     stages = {
         "scratch": Interrupt(kdpipe.train.train_baseline),
         "distill": Interrupt(distill_module.distill),
-        "export": Interrupt(kdpipe.export.export_checkpoint),
-        "bench": Interrupt(kdpipe.deploy.bench.run_bench),
+        "export": Interrupt(kdpipe.export.run_export),
+        "bench": Interrupt(kdpipe.bench.bench.run_bench),
     }
     monkeypatch.setattr(kdpipe.train, "train_baseline", stages["scratch"])
     monkeypatch.setattr(distill_module, "distill", stages["distill"])
-    monkeypatch.setattr(kdpipe.export, "export_checkpoint", stages["export"])
-    monkeypatch.setattr(kdpipe.deploy.bench, "run_bench", stages["bench"])
+    monkeypatch.setattr(kdpipe.export, "run_export", stages["export"])
+    monkeypatch.setattr(kdpipe.bench.bench, "run_bench", stages["bench"])
     config = load_pipeline_config(str(tiny_pipeline), {})
     for name in stages:  # each run is interrupted in the next stage
         stages[name].armed = True
@@ -136,26 +136,28 @@ def test_one_failed_artifact_does_not_sink_the_pipeline(tiny_pipeline, monkeypat
     """TorchScript fails its parity check for the kd student only: the other artifacts are still
     exported, benched and reported, the failure is listed with its reason, the run fails, and a
     re-run retries only that job."""
-    from kdpipe.export.base import Runner
-    from kdpipe.export.targets import TARGETS
     from kdpipe.pipeline import PipelineIncomplete
+    from kdpipe.runtime.torchscript import TorchScript
 
     text = tiny_pipeline.read_text().replace(
         '[export_options]', '[[export]]\ntarget = "torchscript"\nquantize = "none"\n\n'
                             '[export_options]')
     tiny_pipeline.write_text(text)
-    target = type(TARGETS.get("torchscript"))
-    real_runner = target.runner
+    real_load = TorchScript.load
 
-    def garbage_for_kd(self, exported):
-        if exported.path.name.startswith("kd"):
-            rng = np.random.default_rng(0)
-            return Runner(fn=lambda x: rng.normal(size=(len(x), 10)).astype(np.float32))
-        return real_runner(self, exported)
+    class Garbage:
+        def run(self, x):
+            return np.random.default_rng(0).normal(size=(len(x), 10)).astype(np.float32)
 
-    monkeypatch.setattr(target, "runner", garbage_for_kd)
-    exports = Interrupt(kdpipe.export.export_checkpoint)
-    monkeypatch.setattr(kdpipe.export, "export_checkpoint", exports)
+    def garbage_for_kd(self, artifact, threads):
+        # the export's parity check of the kd student only (bench opens it from its folder)
+        if artifact.path.name == "kd.pt" and artifact.path.parent.name.startswith(".export"):
+            return Garbage()
+        return real_load(self, artifact, threads)
+
+    monkeypatch.setattr(TorchScript, "load", garbage_for_kd)
+    exports = Interrupt(kdpipe.export.run_export)
+    monkeypatch.setattr(kdpipe.export, "run_export", exports)
     config = load_pipeline_config(str(tiny_pipeline), {})
     with pytest.raises(PipelineIncomplete) as failed:
         run_pipeline(config)
@@ -174,7 +176,7 @@ def test_one_failed_artifact_does_not_sink_the_pipeline(tiny_pipeline, monkeypat
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "Run the same command again" in " ".join(result.output.split())
     assert len(exports.calls) == 5
-    monkeypatch.setattr(target, "runner", real_runner)  # the cause is fixed: the retry passes
+    monkeypatch.setattr(TorchScript, "load", real_load)  # the cause is fixed: the retry passes
     index = run_pipeline(config)
     assert len(exports.calls) == 6
     report = json.loads((index.parent / "pipeline.json").read_text())
@@ -233,3 +235,53 @@ def test_user_defined_student_through_the_python_api(tmp_path, method):
     assert isinstance(model, TinyNet)
     if method == "fitnets":
         assert (tmp_path / "run" / "stage1" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("table, line, word", [
+    ("train", "epochz = 3", "epochz"),
+    ("distill", "temprature = 8.0", "temprature"),
+    ("train", 'epochs = "three"', "epochs"),
+    ("distill", 'method = "rkd"', "method"),  # set by the pipeline's `methods`, not here
+])
+def test_a_typo_in_train_or_distill_is_refused_when_the_file_loads(tmp_path, monkeypatch, table,
+                                                                   line, word):
+    from kdpipe.errors import KdpipeError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained despite a bad config")
+
+    monkeypatch.setattr(kdpipe.train, "train_baseline", no_training)
+    monkeypatch.setattr(distill_module, "distill", no_training)
+    path = tmp_path / "pipe.toml"
+    path.write_text(f'out = "{tmp_path / "out"}"\n[{table}]\n{line}\n')
+    with pytest.raises(KdpipeError, match=word):
+        load_pipeline_config(str(path), {})
+    result = CliRunner().invoke(app, ["pipeline", str(path)])
+    assert result.exit_code == 2 and word in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_stage_hash_ignores_settings_that_do_not_change_results(tmp_path):
+    """The pipeline agrees with the sweep and the trainer's resume (`option(result=False)`)."""
+    from kdpipe.config import results_only
+    from kdpipe.train.config import TrainConfig
+
+    fast = TrainConfig(threads=1, device="cpu", progress=False, num_workers=0, out="a")
+    slow = TrainConfig(threads=8, device="auto", progress=True, num_workers=4, out="b")
+    assert results_only(fast) == results_only(slow)
+    assert results_only(fast) != results_only(TrainConfig(data="elsewhere"))
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("[bench]\n", "[bench]\niterz = 3\n", "iterz"),
+    ("[export_options]\n", "[export_options]\nparity_sise = 20\n", "parity_sise"),
+    ("batch_sizes = [1]\n", 'batch_sizes = "1"\n', "expected a list"),
+])
+def test_a_bad_key_in_the_bench_or_export_tables_is_refused_when_the_file_loads(
+        tiny_pipeline, old, new, needle):
+    """A typo in [bench] used to surface after training and export had run."""
+    tiny_pipeline.write_text(tiny_pipeline.read_text().replace(old, new))
+    result = CliRunner().invoke(app, ["pipeline", str(tiny_pipeline)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert needle in result.output
+    assert not (tiny_pipeline.parent / "report").exists()  # refused before any stage ran

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kdpipe.bench.bench import run_bench
+from kdpipe.bench.ssh import SshTarget
 from kdpipe.cli import app
-from kdpipe.deploy.bench import run_bench
-from kdpipe.deploy.ssh import SshTarget
 from kdpipe.errors import KdpipeError
 
 from .test_bench import fast_config, image_folder, make_artifacts

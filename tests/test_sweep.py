@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from kdpipe.cli import app
 from kdpipe.errors import KdpipeError
+from kdpipe.sweep import expand, read_sweep, run_sweep
 from kdpipe.train import Trainer
-from kdpipe.train.sweep import expand, read_sweep, run_sweep
 
 from .conftest import ROOT, synthetic_dataset
 
 # The modules themselves (an attribute import could give a re-exported function of the same name).
 distill_module = importlib.import_module("kdpipe.train.distill")
-sweep_module = importlib.import_module("kdpipe.train.sweep")
+sweep_module = importlib.import_module("kdpipe.sweep")
 
 GRID = """
 title = "test sweep"
@@ -232,7 +232,7 @@ method = ["scratch", "kd", "rkd"]
 @pytest.mark.parametrize("name, cells", [("resnet", 18), ("plaincnn", 18), ("smoke", 6),
                                          ("resnet56-short", 9), ("plaincnn-short", 9)])
 def test_shipped_configs_parse(name, cells):
-    spec = read_sweep(ROOT / "configs" / f"sweep-{name}.toml")
+    spec = read_sweep(ROOT / "kdpipe" / "configs" / f"sweep-{name}.toml")
     expanded = expand(spec, Path("out"))
     assert len(expanded) == cells
     methods = {c.config.method for c in expanded}

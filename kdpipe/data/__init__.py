@@ -15,7 +15,7 @@ from kdpipe.data.dataset import (
     default_data_path,
     load_dataset,
 )
-from kdpipe.data.loader import LOADERS, BatchLoader, make_loader, normalize
+from kdpipe.data.loader import LOADERS, BatchLoader, Loader, make_loader, normalize
 from kdpipe.data.reference import ReferenceLoader
 from kdpipe.data.sources import HOW_TO_GET_DATA
 from kdpipe.data.splits import subset
@@ -26,6 +26,7 @@ __all__ = [
     "CIFAR10_STD",
     "HOW_TO_GET_DATA",
     "LOADERS",
+    "Loader",
     "BatchLoader",
     "Dataset",
     "ReferenceLoader",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -23,7 +23,27 @@ from kdpipe.data.augment import CROP_PADDING, crop_flip, draw_params
 from kdpipe.errors import KdpipeError
 from kdpipe.registry import Registry
 
-LOADERS: Registry[Any] = Registry("loader")
+
+@runtime_checkable
+class Loader(Protocol):
+    """What the trainer iterates: the tensor loader and the reference loader alike (chosen by
+    `TrainConfig.loader`). Both take the keyword arguments of `BatchLoader`, plus `num_workers`
+    for the reference one."""
+
+    batch_size: int
+    num_samples: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the (seed, epoch) of the next pass: its order and augmentation."""
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalized float images, int64 labels) batches on the loader's device."""
+
+
+LOADERS: Registry[type[Loader]] = Registry("loader")
 
 
 def _channel_stats(
@@ -159,7 +179,7 @@ class BatchLoader:
             yield x, self.labels.index_select(0, idx)
 
 
-def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> Any:
+def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> Loader:
     """The loader registered as `kind` ("tensor" or "reference"); an unknown kind lists both.
 
     `num_workers` is dropped for the tensor loader, which needs no workers, so one config can

@@ -30,6 +30,7 @@ from kdpipe.data.decode import (
     resize_images,
 )
 from kdpipe.errors import KdpipeError
+from kdpipe.hashing import file_sha256
 
 HOW_TO_GET_DATA = (
     "pass --data PATH to an ImageFolder tree (train/<class>/*.jpg and test/<class>/*.jpg) or a "
@@ -103,14 +104,6 @@ def resolve_source(path: str | Path | None, *, download: bool, cache_dir: Path) 
     if download and not path.name.lower().endswith(TAR_SUFFIXES):
         return _batches(path, download)
     raise KdpipeError(f"{path} does not exist; {HOW_TO_GET_DATA}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- ImageFolder trees (folder, tar)
@@ -253,7 +246,7 @@ class TarballSource:
 
     def fingerprint(self) -> str:
         """sha256 of the archive file, the same digest `sha256sum` prints."""
-        return sha256_file(self.path)
+        return file_sha256(self.path)
 
     def read(self, image_size: int, progress: bool) -> Decoded:
         files = self._locate_tree(self._read_members(progress))
@@ -384,7 +377,7 @@ class TorchvisionSource:
         """sha256 over the names and sha256 digests of the batch files."""
         digest = hashlib.sha256()
         for name in self.files:
-            digest.update(f"{name}\t{sha256_file(self.folder / name)}\n".encode())
+            digest.update(f"{name}\t{file_sha256(self.folder / name)}\n".encode())
         return digest.hexdigest()
 
     def read(self, image_size: int, progress: bool) -> Decoded:

@@ -1,13 +1,11 @@
-"""Stage three: run exported artifacts (and checkpoints) in their runtimes, here or on a device
-over ssh://, measure accuracy, latency and memory by one protocol, and bundle files for apps.
+"""Bundles for apps: an exported artifact, its metadata, labels and usage snippets per runtime.
 
-    from kdpipe.deploy import BenchConfig, run_bench, build_bundle
-    report, files = run_bench(["resnet20.onnx", "resnet20.pt"], BenchConfig(batch_sizes=[1, 32]))
-    build_bundle("resnet20.onnx", "app/model")
+    from kdpipe.deploy import build_bundle
+    build_bundle("export/resnet20.int8.ort", "app/model")
 
-Names are imported on first use (PEP 562): the memory-measuring subprocess imports
-`kdpipe.deploy.measure_memory` and must not pay for PyTorch or the report writers, and optional
-runtimes (executorch, coremltools, tensorrt) are never imported by `import kdpipe.deploy`.
+The bench stage lives in `kdpipe.bench` and the runtimes in `kdpipe.runtime`; the names this
+package exported before they moved (`run_bench`, `BenchConfig`, `open_artifact`, `RUNTIMES`, ...)
+still import from here, lazily (PEP 562), as aliases of their new homes.
 """
 
 from __future__ import annotations
@@ -15,22 +13,24 @@ from __future__ import annotations
 from kdpipe.lazy import lazy_exports
 
 _EXPORTS = {
-    "RUNTIMES": "kdpipe.deploy.runtimes",
-    "Runtime": "kdpipe.deploy.runtimes",
-    "Session": "kdpipe.deploy.runtimes",
-    "runtime": "kdpipe.deploy.runtimes",
-    "runtimes_for": "kdpipe.deploy.runtimes",
-    "Artifact": "kdpipe.deploy.artifact",
-    "open_artifact": "kdpipe.deploy.artifact",
-    "BenchConfig": "kdpipe.deploy.config",
-    "run_bench": "kdpipe.deploy.bench",
-    "LatencyStats": "kdpipe.deploy.latency",
-    "measure": "kdpipe.deploy.latency",
-    "summarize": "kdpipe.deploy.latency",
-    "time_calls": "kdpipe.deploy.latency",
     "build_bundle": "kdpipe.deploy.bundle",
-    "catalog": "kdpipe.deploy.catalog",
-    "print_catalog": "kdpipe.deploy.catalog",
+    "SNIPPETS": "kdpipe.deploy.snippets",
+    # aliases of the names that moved to kdpipe.runtime, kdpipe.bench and kdpipe.catalog
+    "RUNTIMES": "kdpipe.runtime",
+    "Runtime": "kdpipe.runtime",
+    "Session": "kdpipe.runtime",
+    "runtime": "kdpipe.runtime",
+    "runtimes_for": "kdpipe.runtime",
+    "Artifact": "kdpipe.runtime.artifact",
+    "open_artifact": "kdpipe.runtime.artifact",
+    "LatencyStats": "kdpipe.runtime.latency",
+    "measure": "kdpipe.runtime.latency",
+    "summarize": "kdpipe.runtime.latency",
+    "time_calls": "kdpipe.runtime.latency",
+    "BenchConfig": "kdpipe.bench.config",
+    "run_bench": "kdpipe.bench.bench",
+    "catalog": "kdpipe.catalog",
+    "print_catalog": "kdpipe.catalog",
 }
 
 __all__ = sorted(_EXPORTS)

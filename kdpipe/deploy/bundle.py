@@ -17,10 +17,12 @@ import shutil
 from pathlib import Path
 
 from kdpipe.atomic import atomic_path
-from kdpipe.deploy.artifact import CHECKPOINT, Artifact, open_artifact, sidecar_path
-from kdpipe.deploy.runtimes import Runtime, runtimes_for
+from kdpipe.deploy.snippets import SNIPPETS, Snippets
 from kdpipe.errors import KdpipeError
+from kdpipe.export.metadata import companion_files
 from kdpipe.progress import console
+from kdpipe.runtime import Runtime, runtimes_for
+from kdpipe.runtime.artifact import CHECKPOINT, Artifact, open_artifact, sidecar_path
 
 SNIPPET_FILES = {"python": "predict.py", "swift": "Classify.swift"}
 MARKER = "labels.txt"  # every bundle has it; a folder without it is not ours to replace
@@ -32,21 +34,23 @@ def build_bundle(path: str | Path, out: str | Path) -> Path:
     runtime = snippet_runtime(artifact)
     out = Path(out)
     _check_replaceable(out)
-    snippet = runtime.snippet(artifact) or ""
-    snippet_file = SNIPPET_FILES[runtime.snippet_language]
-    apps = runtime.app_snippets(artifact)
-    warning = mobile_warning(artifact) if apps else ""
+    snippets = SNIPPETS.get(runtime.name)(artifact)
+    snippet_file = SNIPPET_FILES[snippets.language]
+    warning = mobile_warning(artifact) if snippets.apps else ""
     if warning:
         console.print(f"warning: {warning}", highlight=False)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         _copy(artifact.path, tmp / artifact.name)
+        for companion in companion_files(artifact.path):  # an OpenVINO/ncnn file's weights
+            _copy(companion, tmp / companion.name)
         _write_metadata(artifact, tmp / sidecar_path(Path(artifact.name)).name)
         (tmp / "labels.txt").write_text("\n".join(artifact.classes) + "\n", encoding="utf-8")
-        (tmp / snippet_file).write_text(snippet, encoding="utf-8")
-        for name, text in apps.items():
+        (tmp / snippet_file).write_text(snippets.text, encoding="utf-8")
+        for name, text in snippets.apps.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        text = readme(artifact, runtime, snippet, snippet_file) + app_section(apps, warning)
+        text = (readme(artifact, runtime, snippets, snippet_file)
+                + app_section(snippets.apps, warning))
         (tmp / "README.md").write_text(text, encoding="utf-8")
     return out
 
@@ -55,6 +59,10 @@ def mobile_warning(artifact: Artifact) -> str:
     """Why a phone's accelerators would not take this file, or "" when they can."""
     if artifact.batch_sizes == (1,):
         return ""
+    if artifact.batch_sizes:  # a static shape of another batch size (LiteRT, Core ML)
+        return (f"{artifact.name} takes exactly {artifact.batch_sizes[0]} images per call; an "
+                "app classifying one image at a time should bundle the batch-1 file "
+                "(export with --batch-sizes 1)")
     usability = artifact.metadata.get("details", {}).get("mobile_usability", {})
     nnapi = usability.get("NNAPI")
     taken = f" (NNAPI takes {nnapi['supported']} of its {nnapi['nodes']} nodes)" if nnapi else ""
@@ -76,17 +84,17 @@ def app_section(apps: dict[str, str], warning: str) -> str:
 
 
 def snippet_runtime(artifact: Artifact) -> Runtime:
-    """The runtime an app would use for this format: the first one that has a usage snippet."""
+    """The runtime an app would use for this format: the first one with a usage snippet."""
     if artifact.format == CHECKPOINT:
         raise KdpipeError(f"{artifact.path} is a training checkpoint, not an app artifact; export "
                           "it first (kdpipe export), then deploy the exported file")
     for runtime in runtimes_for(artifact):
-        if runtime.snippet(artifact) is not None:
+        if runtime.name in SNIPPETS:
             return runtime
     raise KdpipeError(f"no runtime has a usage snippet for {artifact.format} files")
 
 
-def readme(artifact: Artifact, runtime: Runtime, snippet: str, snippet_file: str) -> str:
+def readme(artifact: Artifact, runtime: Runtime, snippets: Snippets, snippet_file: str) -> str:
     """The bundle's README: files, input contract, output, and the snippet."""
     c, h, w = artifact.input_shape
     batches = (f"batch sizes {list(artifact.batch_sizes)} only" if artifact.batch_sizes
@@ -97,17 +105,19 @@ def readme(artifact: Artifact, runtime: Runtime, snippet: str, snippet_file: str
     else:
         prep = (f"then normalize per channel: (x - mean) / std with mean {list(artifact.mean)}, "
                 f"std {list(artifact.std or ())}")
-    language = runtime.snippet_language
+    language, snippet = snippets.language, snippets.text
     run_hint = (f"`python {snippet_file} image.jpg` prints the label (needs numpy, Pillow and "
                 f"{runtime.package})" if language == "python"
                 else f"add {artifact.name} and labels.txt to the Xcode target; call "
                      "`classify(image)` from your app")
+    metadata_row = (f"| `{sidecar_path(Path(artifact.name)).name}` | its metadata (classes, "
+                    "input, preprocessing) |")
     return f"""# {artifact.model or artifact.path.stem} for {runtime.name}
 
 | file | what |
 |---|---|
 | `{artifact.name}` | the model: {artifact.format}, {artifact.quantization} |
-| `{sidecar_path(Path(artifact.name)).name}` | its metadata (classes, input, preprocessing) |
+{companion_rows(artifact)}{metadata_row}
 | `labels.txt` | the {len(artifact.classes)} class names; line i is output i |
 | `{snippet_file}` | the usage example below |
 
@@ -125,6 +135,12 @@ def readme(artifact: Artifact, runtime: Runtime, snippet: str, snippet_file: str
 {snippet.rstrip()}
 ```
 """
+
+
+def companion_rows(artifact: Artifact) -> str:
+    """README table rows for the files that must travel with the artifact (its weights)."""
+    return "".join(f"| `{p.name}` | its weights, loaded from beside `{artifact.name}` |\n"
+                   for p in companion_files(artifact.path))
 
 
 def _write_metadata(artifact: Artifact, dest: Path) -> None:

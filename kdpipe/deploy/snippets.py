@@ -1,13 +1,34 @@
-"""The Python usage snippets of `kdpipe deploy`: one shape for every runtime.
+"""The usage snippets of `kdpipe deploy`, one registry entry per runtime an app would use.
 
-Each reads an image file, converts it to RGB, resizes it to the model's size, makes a float32
-NCHW batch in [0, 1] (plus mean/std only for files that do not fold normalization in), runs the
-runtime, and prints the label of the argmax.
+`SNIPPETS` maps a runtime name to a function `Artifact -> Snippets`: the main example (a Python
+script that reads an image file, converts it to RGB, resizes it to the model's size, makes a
+float32 NCHW batch in [0, 1], plus mean/std only for files that do not fold normalization in,
+runs the runtime and prints the label of the argmax; Swift for Core ML) and, for phone formats,
+app files (Kotlin for Android, TypeScript for React Native). Snippets live here, not in the
+runtime classes, so the runtime room knows nothing of app code.
 """
 
 from __future__ import annotations
 
-from kdpipe.deploy.artifact import Artifact
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdpipe.deploy.swift import swift_snippet
+from kdpipe.registry import Registry
+from kdpipe.runtime.artifact import Artifact
+
+
+@dataclass(frozen=True)
+class Snippets:
+    """A runtime's usage example for one artifact: its language and text, and phone-app files."""
+
+    language: str  # "python" or "swift"
+    text: str
+    apps: dict[str, str] = field(default_factory=dict)  # file name -> source
+
+
+SNIPPETS: Registry[Callable[[Artifact], Snippets]] = Registry("usage snippet")
 
 
 def python_snippet(artifact: Artifact, imports: list[str], run: str) -> str:
@@ -16,11 +37,13 @@ def python_snippet(artifact: Artifact, imports: list[str], run: str) -> str:
     lines = [
         '"""Classify one image: python predict.py IMAGE"""',
         "import sys",
+        "from pathlib import Path",
         "",
         *sorted(["import numpy as np", "from PIL import Image", *imports],
                 key=lambda line: line.split()[1].lower()),  # by module, as isort orders them
         "",
-        'labels = open("labels.txt", encoding="utf-8").read().splitlines()',
+        "# labels.txt lies beside this script, wherever it is run from",
+        'labels = Path(__file__).with_name("labels.txt").read_text(encoding="utf-8").splitlines()',
         f'image = Image.open(sys.argv[1]).convert("RGB").resize(({width}, {height}), '
         "Image.BILINEAR)",
         "# HWC uint8 -> NCHW float32 in [0, 1], a batch of one: the input the model expects",
@@ -110,3 +133,133 @@ export async function classify(modelPath: string, rgba: Uint8Array): Promise<str
   return LABELS[logits.indexOf(Math.max(...logits))];
 }}
 '''
+
+
+@SNIPPETS.register("onnxruntime")
+def onnxruntime_snippets(artifact: Artifact) -> Snippets:
+    """ONNX Runtime in Python; for ORT format (what ONNX Runtime Mobile and React Native load),
+    Android and React Native examples too."""
+    text = python_snippet(artifact, ["import onnxruntime as ort"], (
+        f'session = ort.InferenceSession(str(Path(__file__).with_name("{artifact.name}")), '
+        'providers=["CPUExecutionProvider"])\n'
+        "logits = session.run(None, {session.get_inputs()[0].name: x})[0]"))
+    apps = ({"Classifier.kt": kotlin_snippet(artifact),
+             "classify.ts": react_native_snippet(artifact)} if artifact.format == "ort" else {})
+    return Snippets("python", text, apps)
+
+
+@SNIPPETS.register("torchscript")
+def torchscript_snippets(artifact: Artifact) -> Snippets:
+    return Snippets("python", python_snippet(artifact, ["import torch"], (
+        f'model = torch.jit.load(str(Path(__file__).with_name("{artifact.name}")), '
+        'map_location="cpu").eval()\n'
+        "with torch.inference_mode():\n"
+        "    logits = model(torch.from_numpy(x)).numpy()")))
+
+
+@SNIPPETS.register("executorch")
+def executorch_snippets(artifact: Artifact) -> Snippets:
+    imports = ["import torch", "from executorch.runtime import Runtime"]
+    return Snippets("python", python_snippet(artifact, imports, (
+        f'path = str(Path(__file__).with_name("{artifact.name}"))\n'
+        'method = Runtime.get().load_program(path).load_method("forward")\n'
+        "logits = method.execute([torch.from_numpy(x)])[0].numpy()")))
+
+
+@SNIPPETS.register("coreml")
+def coreml_snippets(artifact: Artifact) -> Snippets:
+    return Snippets("swift", swift_snippet(artifact))
+
+
+def litert_kotlin_snippet(artifact: Artifact) -> str:
+    """An Android class (LiteRT's `org.tensorflow.lite.Interpreter`) that classifies a `Bitmap`."""
+    _, height, width = artifact.input_shape
+    batch = artifact.batch_sizes[0] if artifact.batch_sizes else 1
+    classes = len(artifact.classes)
+    return f'''// Classifies one image with {artifact.name} on Android with LiteRT (TF Lite).
+// Gradle: implementation("com.google.ai.edge.litert:litert:<version>")
+// Ship {artifact.name} and labels.txt as assets; pass the model memory-mapped, e.g.
+// FileInputStream(assets.openFd(name).fileDescriptor).channel.map(READ_ONLY, offset, length).
+import android.graphics.Bitmap
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import org.tensorflow.lite.Interpreter
+
+private const val BATCH = {batch}
+private const val WIDTH = {width}
+private const val HEIGHT = {height}
+
+class Classifier(model: ByteBuffer, private val labels: List<String>, threads: Int = 4) {{
+    // XNNPACK (the CPU delegate) is on by default; threads as in `kdpipe bench --threads`.
+    private val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(threads))
+
+    fun classify(image: Bitmap): String {{
+        // RGB, resized to {width}x{height} (bilinear), scaled to [0, 1], NCHW float32: the model's
+        // input (its normalization is inside the model).
+        val scaled = Bitmap.createScaledBitmap(image, WIDTH, HEIGHT, true)
+        val pixels = IntArray(WIDTH * HEIGHT)
+        scaled.getPixels(pixels, 0, WIDTH, 0, 0, WIDTH, HEIGHT)
+        val input = ByteBuffer.allocateDirect(4 * BATCH * 3 * pixels.size)
+            .order(ByteOrder.nativeOrder())
+        // The file takes exactly BATCH images per call (its shape is static): the image fills
+        // every slot, and the first output is its answer.
+        repeat(BATCH) {{
+            for (channel in 0 until 3) {{
+                for (p in pixels) input.putFloat(((p shr (16 - 8 * channel)) and 0xFF) / 255f)
+            }}
+        }}
+        input.rewind()
+        val logits = Array(BATCH) {{ FloatArray({classes}) }}
+        interpreter.run(input, logits)
+        return labels[logits[0].indices.maxBy {{ logits[0][it] }}]
+    }}
+}}
+'''
+
+
+@SNIPPETS.register("litert")
+def litert_snippets(artifact: Artifact) -> Snippets:
+    """LiteRT's Interpreter in Python, and an Android (Kotlin) class."""
+    batch = artifact.batch_sizes[0] if artifact.batch_sizes else 1
+    repeat = (f"# this file takes exactly {batch} images per call: repeat the one image\n"
+              f"x = np.repeat(x, {batch}, axis=0)\n" if batch > 1 else "")
+    text = python_snippet(artifact, ["from ai_edge_litert.interpreter import Interpreter"], (
+        f'interpreter = Interpreter(model_path=str(Path(__file__).with_name("{artifact.name}")), '
+        "num_threads=4)\n"
+        "interpreter.allocate_tensors()  # XNNPACK, the CPU delegate, is applied by default\n"
+        "inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]\n"
+        f"{repeat}"
+        'interpreter.set_tensor(inp["index"], x)\n'
+        "interpreter.invoke()\n"
+        'logits = interpreter.get_tensor(out["index"])'))
+    return Snippets("python", text, {"Classifier.kt": litert_kotlin_snippet(artifact)})
+
+
+@SNIPPETS.register("openvino")
+def openvino_snippets(artifact: Artifact) -> Snippets:
+    weights = Path(artifact.name).with_suffix(".bin").name
+    return Snippets("python", python_snippet(artifact, ["import openvino as ov"], (
+        f"# {weights} (the weights) must lie beside {artifact.name}\n"
+        "# f32: CPUs with bf16 would otherwise run float layers in bf16\n"
+        f'model = ov.Core().compile_model(str(Path(__file__).with_name("{artifact.name}")), '
+        '"CPU", {"INFERENCE_PRECISION_HINT": "f32"})\n'
+        "logits = model(x)[model.output(0)]")))
+
+
+@SNIPPETS.register("ncnn")
+def ncnn_snippets(artifact: Artifact) -> Snippets:
+    weights = Path(artifact.name).with_suffix(".bin").name
+    meta = artifact.metadata
+    exact = ("# an fp32 file: compute in fp32, as kdpipe's parity check did\n"
+             "net.opt.use_fp16_storage = net.opt.use_fp16_packed = False\n"
+             "net.opt.use_fp16_arithmetic = net.opt.use_bf16_storage = False\n"
+             if artifact.quantization == "fp32" else "")
+    return Snippets("python", python_snippet(artifact, ["import ncnn"], (
+        "net = ncnn.Net()\n"
+        f"{exact}"
+        f'net.load_param(str(Path(__file__).with_name("{artifact.name}")))\n'
+        f'net.load_model(str(Path(__file__).with_name("{weights}")))\n'
+        "extractor = net.create_extractor()\n"
+        "# ncnn takes one CHW image per call\n"
+        f'extractor.input("{meta.get("input_name") or "in0"}", ncnn.Mat(x[0]))\n'
+        f'logits = np.array(extractor.extract("{meta.get("output_name") or "out0"}")[1])[None]')))

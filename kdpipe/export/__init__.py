@@ -20,7 +20,6 @@ _EXPORTS = {
     "Normalized": "kdpipe.export.base",
     "Calibration": "kdpipe.export.base",
     "Exported": "kdpipe.export.base",
-    "Runner": "kdpipe.export.base",
     "register_target": "kdpipe.export.base",
     "ExportConfig": "kdpipe.export.config",
     "support_table": "kdpipe.export.config",

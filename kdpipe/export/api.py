@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,20 +24,26 @@ from torch import nn
 
 import kdpipe
 from kdpipe.atomic import atomic_path, write_json
-from kdpipe.config import from_dict
+from kdpipe.config import comma_list, from_dict
 from kdpipe.errors import KdpipeError
 from kdpipe.export.base import PRECISION, Calibration, Exported, Normalized, Target, with_io
-from kdpipe.export.config import ExportConfig, Job, parse_batch_sizes, plan
+from kdpipe.export.config import ExportConfig, Job, batch_sizes, plan
 from kdpipe.export.metadata import (
     ArtifactMetadata,
     ParityReport,
     artifact_sha256,
+    companion_files,
     path_size,
     sidecar_path,
 )
 from kdpipe.export.parity import check_parity
+from kdpipe.models import check_fits_data
 from kdpipe.progress import console
 from kdpipe.runinfo import cpu_facts
+
+if TYPE_CHECKING:  # only for annotations: kdpipe.data and models import their heavy parts
+    from kdpipe.data import Dataset
+    from kdpipe.models import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -87,28 +93,32 @@ def export_checkpoint(
     quantize: str | None = None,
     out_dir: str | os.PathLike[str] = "export",
     *,
-    dataset: Any = None,
+    dataset: Dataset | None = None,
     **options: Any,
 ) -> list[ExportResult]:
     """Export `checkpoint` to `target` (a name, a comma list, or "all") at `quantize`.
 
-    `options` are the other `ExportConfig` fields (batch_sizes="1,32", calibration_size=512,
-    parity_size=1000, parity=True, calibration_data=None, name=None, seed=0, download=False).
+    `target` and `quantize` may be lists or comma-separated strings. `options` are the other
+    `ExportConfig` fields (batch_sizes=[1, 32] or "1,32", calibration_size=512, parity_size=1000,
+    parity=True, calibration_data=None, name=None, seed=0, download=False).
     `dataset` may be an in-memory `kdpipe.data.Dataset` instead of `calibration_data`.
     Raises `KdpipeError` before any work for an impossible request, and `ExportFailed` after
     the run when an artifact failed (nothing is written for it).
     """
     values = {"target": target, "quantize": quantize, "out": str(out_dir), **options}
+    lists = {"target": str, "quantize": str, "batch_sizes": int}
+    values.update({k: comma_list(values[k], item, f"--{k.replace('_', '-')}")
+                   for k, item in lists.items() if isinstance(values.get(k), str)})
     return run_export(checkpoint, from_dict(ExportConfig, values), dataset=dataset)
 
 
 def run_export(checkpoint: str | os.PathLike[str], config: ExportConfig,
-               dataset: Any = None) -> list[ExportResult]:
+               dataset: Dataset | None = None) -> list[ExportResult]:
     """`export_checkpoint` with a ready `ExportConfig` (what `kdpipe export` calls)."""
     from kdpipe.models import checkpoint_meta, load_checkpoint
 
     jobs, skipped = plan(config)
-    batch_sizes = parse_batch_sizes(config.batch_sizes)
+    sizes = batch_sizes(config)
     results = [ExportResult(t, q, "skipped", reason=why) for t, q, why in skipped]
     for r in results:
         console.print(f"skipped {r.target} {r.quantize}: {r.reason}", highlight=False)
@@ -124,14 +134,14 @@ def run_export(checkpoint: str | os.PathLike[str], config: ExportConfig,
     out.mkdir(parents=True, exist_ok=True)
     stem = config.name or meta.model
     for job in jobs:
-        results += _run_job(job, wrapped, base, test, calibration, out, stem, batch_sizes)
+        results += _run_job(job, wrapped, base, test, calibration, out, stem, sizes)
     if any(r.status == "failed" for r in results):
         raise ExportFailed(results)
     return results
 
 
 def base_metadata(checkpoint: str | os.PathLike[str], model: nn.Module,
-                  meta: Any) -> ArtifactMetadata:
+                  meta: CheckpointMeta) -> ArtifactMetadata:
     """What every artifact of this checkpoint shares (target fields are filled per job)."""
     from kdpipe.models import count_macs, count_params
 
@@ -198,7 +208,7 @@ def _check_and_publish(target: Target, quantize: str, exported: Exported,
                        batch_sizes: list[int]) -> ExportResult:
     """Parity-check one staged file; publish it with its sidecar if it passes."""
     full = with_io(meta, exported)
-    parity = _parity(target, exported, full.quantization, test, batch_sizes)
+    parity = _parity(target, exported, full, test, batch_sizes)
     _print_parity(exported.path.name, parity)
     if parity.passed is False:
         return ExportResult(target.name, quantize, "failed", metadata=replace(full, parity=parity),
@@ -208,6 +218,10 @@ def _check_and_publish(target: Target, quantize: str, exported: Exported,
     dest = out / exported.path.name
     full = replace(full, file=dest.name, size_bytes=path_size(exported.path),
                    sha256=artifact_sha256(exported.path), parity=parity, notes=notes)
+    # Companion files (an OpenVINO IR's weights) go first, so a published graph has its weights.
+    for companion in companion_files(exported.path):
+        with atomic_path(out / companion.name) as tmp:
+            os.replace(companion, tmp)
     with atomic_path(dest) as tmp:
         os.replace(exported.path, tmp)
     write_json(sidecar_path(dest), full.to_dict())
@@ -215,19 +229,32 @@ def _check_and_publish(target: Target, quantize: str, exported: Exported,
     return ExportResult(target.name, quantize, "ok", path=dest, metadata=full)
 
 
-def _parity(target: Target, exported: Exported, precision: str, test: ParitySet | None,
-            batch_sizes: list[int]) -> ParityReport:
+def _parity(target: Target, exported: Exported, meta: ArtifactMetadata,
+            test: ParitySet | None, batch_sizes: list[int]) -> ParityReport:
+    """Run the staged file in its runtime, the same class `kdpipe bench` times, and compare."""
+    from kdpipe.runtime import runtime
+    from kdpipe.runtime.artifact import from_export_metadata
+    from kdpipe.runtime.base import default_threads
+
     if test is None:
         return ParityReport.not_checked("skipped with --no-parity")
+    rt = runtime(target.runtime)
+    artifact = from_export_metadata(exported.path, meta.to_dict())
+    available, why = rt.available_for(artifact)
+    if not available:
+        return ParityReport.not_checked(why + target.unchecked_note)
+    threads = default_threads()
     try:
-        runner = target.runner(exported)
+        session = rt.load(artifact, threads)
+        simulated = rt.simulated(artifact, threads, target.simulation_source(exported))
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails the check
         return ParityReport(checked=True, passed=False,
                             reason=f"its runtime cannot load it: {type(e).__name__}: {e}")
-    report = check_parity(runner, exported, test.images, test.labels, test.reference, precision,
-                          batch_sizes, data=test.data)
-    report.machine = {**cpu_facts(), "runtime": target.runtime,
-                      "runtime_version": _version(target.runtime_package)}
+    report = check_parity(session.run, exported, test.images, test.labels, test.reference,
+                          meta.quantization, batch_sizes, data=test.data,
+                          simulated=simulated.run if simulated is not None else None,
+                          output_kind=meta.output_kind)
+    report.machine = {**cpu_facts(), "runtime": rt.name, "runtime_version": rt.version() or ""}
     return report
 
 
@@ -249,7 +276,7 @@ def _print_parity(name: str, p: ParityReport) -> None:
     )
 
 
-def _dataset(config: ExportConfig, meta: Any, dataset: Any) -> Any:
+def _dataset(config: ExportConfig, meta: CheckpointMeta, dataset: Dataset | None) -> Dataset:
     """The data set for calibration and parity, checked against the checkpoint."""
     from kdpipe.data import default_data_path, load_dataset
 
@@ -263,17 +290,12 @@ def _dataset(config: ExportConfig, meta: Any, dataset: Any) -> Any:
                 "with --no-parity"
             )
         dataset = load_dataset(path, download=config.download)
-    if list(dataset.classes) != list(meta.classes):
-        raise KdpipeError(f"the checkpoint's classes {list(meta.classes)} differ from the data "
-                          f"set's {list(dataset.classes)}; pass its own data with "
-                          "--calibration-data")
-    if list(dataset.test_images.shape[1:]) != list(meta.input_shape):
-        raise KdpipeError(f"the checkpoint expects images of shape {list(meta.input_shape)}, the "
-                          f"data set has {list(dataset.test_images.shape[1:])}")
+    check_fits_data("the checkpoint", meta.classes, meta.input_shape, dataset.classes,
+                    dataset.test_images.shape[1:], hint="pass its own data with --calibration-data")
     return dataset
 
 
-def _test_images(dataset: Any, model: nn.Module, config: ExportConfig) -> ParitySet:
+def _test_images(dataset: Dataset, model: nn.Module, config: ExportConfig) -> ParitySet:
     from kdpipe.data import subset
 
     part = subset(dataset, limit_test=config.parity_size, seed=config.seed)
@@ -284,7 +306,7 @@ def _test_images(dataset: Any, model: nn.Module, config: ExportConfig) -> Parity
                       reference=_logits(model, images), data=f"{dataset.source} test split")
 
 
-def _calibration(dataset: Any, config: ExportConfig) -> Calibration:
+def _calibration(dataset: Dataset, config: ExportConfig) -> Calibration:
     from kdpipe.data import subset
 
     part = subset(dataset, limit_train=config.calibration_size, seed=config.seed)

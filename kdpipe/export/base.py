@@ -1,17 +1,18 @@
 """What every export target shares: the registry, the `Target` interface, the folded normalization.
 
 A target is one module with one `@register_target` class. It names its file suffix, the
-quantizations it supports (and why not the others), its optional package, and implements
-`export(...)`, which writes the artifact(s), and `runner(path)`, which runs one for the parity
-check. Heavy or optional libraries (onnxruntime, coremltools, executorch) are imported inside
-those methods, never at module level, so `import kdpipe.export` works without them.
+quantizations it supports (and why not the others), its optional package, the runtime (a key of
+`kdpipe.runtime.RUNTIMES`) that the parity check runs it in, the same class `kdpipe bench` times,
+and implements `export(...)`, which writes the artifact(s). Heavy or optional libraries
+(onnxruntime, coremltools, executorch) are imported inside those methods, never at module level,
+so `import kdpipe.export` works without them.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -83,25 +84,6 @@ class Exported:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Runner:
-    """Runs an artifact on float32 NCHW images in [0, 1]; `fn` is None where it cannot run here.
-
-    `simulated`, where the runtime offers it, runs the same file with its graph optimizations
-    off, so quantized operators compute in float exactly as the file specifies: the parity check
-    compares the two to catch int8 kernels that do not compute what the file says.
-    """
-
-    fn: Callable[[np.ndarray], np.ndarray] | None
-    reason: str = ""  # why it cannot run, when fn is None
-    output_kind: OutputKind = "logits"
-    simulated: Callable[[np.ndarray], np.ndarray] | None = None
-
-    @classmethod
-    def unavailable(cls, reason: str) -> Runner:
-        return cls(fn=None, reason=reason)
-
-
 def package_available(name: str) -> bool:
     """Whether `name` can be imported, without importing it (tests monkeypatch this)."""
     return importlib.util.find_spec(name) is not None
@@ -112,8 +94,8 @@ class Target(abc.ABC):
 
     name: ClassVar[str]
     suffix: ClassVar[str]  # ".onnx", ".mlpackage", ...
-    runtime: ClassVar[str]  # what runs the artifact, for the metadata
-    runtime_package: ClassVar[str | None] = None  # its distribution, whose version parity records
+    runtime: ClassVar[str]  # the key in `kdpipe.runtime.RUNTIMES` of what runs (and checks) it
+    unchecked_note: ClassVar[str] = ""  # what was checked instead where its runtime cannot run
     quantizations: ClassVar[dict[str, str]]  # supported --quantize value -> how, for the table
     unsupported: ClassVar[dict[str, str]] = {}  # refused --quantize value -> why
     default_quantize: ClassVar[str] = "none"
@@ -150,9 +132,10 @@ class Target(abc.ABC):
         to embed; `batch_sizes` are the sizes the artifact(s) must run.
         """
 
-    @abc.abstractmethod
-    def runner(self, exported: Exported) -> Runner:
-        """A callable running the artifact in its own runtime, or the reason it cannot here."""
+    def simulation_source(self, exported: Exported) -> Path | None:
+        """A staged file whose quantization the runtime simulates in float for the parity check,
+        where it is not the artifact itself (an `.ort` file's ONNX source)."""
+        return None
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         """The metadata stored inside the artifact, or None where the format has no place."""

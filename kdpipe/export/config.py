@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdpipe.config import option
+from kdpipe.config import comma_list, option
 from kdpipe.errors import KdpipeError
 from kdpipe.export.base import QUANTIZE_CHOICES, Target
 from kdpipe.export.targets import TARGETS
@@ -23,15 +23,18 @@ ALL = "all"
 class ExportConfig:
     """Everything that decides an export run (the checkpoint is the command's argument)."""
 
-    target: str = option(ALL, "torchscript, onnx, ort, coreml, executorch, a comma-separated "
-                              "list, or all (all: skip what is unsupported or not installed)")
-    quantize: str | None = option(None, "none, fp16 or int8, or a comma-separated list "
+    target: list[str] = option(help="torchscript, onnx, ort, coreml, executorch, a "
+                               "comma-separated list, or all (all: skip what is unsupported or "
+                               "not installed)", factory=lambda: [ALL])
+    quantize: list[str] | None = option(None, "none, fp16 or int8, or a comma-separated list "
                                         "(default: each target's own: none, or fp16 for coreml)")
-    out: Path = option(Path("export"), "folder for the artifacts and their .json metadata")
+    out: Path = option(Path("export"), "folder for the artifacts and their .json metadata",
+                       result=False)
     name: str | None = option(None, "file name stem of the artifacts (default: the model name)")
-    batch_sizes: str = option("1,32", "comma-separated batch sizes the artifacts must run: one "
-                                      "dynamic batch dimension where the format allows, else one "
-                                      "file per size; 1 alone: a static shape (for phones)")
+    batch_sizes: list[int] = option(help="comma-separated batch sizes the artifacts must run: "
+                                    "one dynamic batch dimension where the format allows, else "
+                                    "one file per size; 1 alone: a static shape (for phones)",
+                                    factory=lambda: [1, 32])
     calibration_data: str | None = option(
         None, "data set whose train split calibrates int8 and whose test split checks parity: "
               "ImageFolder tree, .tar(.gz) of one, or cifar-10-batches-py folder "
@@ -52,7 +55,7 @@ class Job:
 
 def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
     """(jobs to run, [(target, quantize, why skipped)]); raises `KdpipeError` before any work."""
-    names = _split(config.target, "--target")
+    names = _names(config.target, "--target")
     everything = names == [ALL]
     unknown = [n for n in names if n not in TARGETS and not everything]
     if unknown:
@@ -80,30 +83,27 @@ def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
     return jobs, skipped
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    """"1,32" -> [1, 32]; positive integers only."""
-    try:
-        sizes = [int(part) for part in _split(text, "--batch-sizes")]
-    except ValueError:
-        raise KdpipeError(
-            f"--batch-sizes takes comma-separated integers like 1,32; got {text!r}") from None
-    if any(b < 1 for b in sizes):
-        raise KdpipeError(f"--batch-sizes must be positive; got {text!r}")
-    return sorted(set(sizes))
+def batch_sizes(config: ExportConfig) -> list[int]:
+    """The requested batch sizes, sorted and unique; positive integers only."""
+    sizes = sorted(set(config.batch_sizes))
+    if not sizes or sizes[0] < 1:
+        raise KdpipeError(f"--batch-sizes must be positive integers like 1,32; got "
+                          f"{config.batch_sizes}")
+    return sizes
 
 
 def check_sizes(config: ExportConfig) -> None:
-    parse_batch_sizes(config.batch_sizes)
+    batch_sizes(config)
     for flag, value in (("--calibration-size", config.calibration_size),
                         ("--parity-size", config.parity_size)):
         if value < 1:
             raise KdpipeError(f"{flag} must be at least 1, got {value}")
 
 
-def _quantizations(text: str | None) -> list[str]:
-    if text is None:
+def _quantizations(values: list[str] | None) -> list[str]:
+    if values is None:
         return []
-    values = _split(text, "--quantize")
+    values = _names(values, "--quantize")
     unknown = [v for v in values if v not in QUANTIZE_CHOICES]
     if unknown:
         raise KdpipeError(f"unknown --quantize {', '.join(unknown)}; "
@@ -111,11 +111,9 @@ def _quantizations(text: str | None) -> list[str]:
     return values
 
 
-def _split(text: str, flag: str) -> list[str]:
-    values = [part.strip() for part in str(text).split(",") if part.strip()]
-    if not values:
-        raise KdpipeError(f"{flag} is empty")
-    return values
+def _names(values: list[str] | str, flag: str) -> list[str]:
+    """A list of names (a comma-separated string from the Python API is split the same way)."""
+    return comma_list(values, str, flag)
 
 
 def support_table() -> str:

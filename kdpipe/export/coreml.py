@@ -15,7 +15,6 @@ ops) and the metadata says plainly that numerical parity was not checked.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,6 @@ from torch import nn
 from kdpipe.export.base import (
     Calibration,
     Exported,
-    Runner,
     Target,
     batch_variant,
     example_input,
@@ -56,7 +54,7 @@ class CoreMLTarget(Target):
     name = "coreml"
     suffix = ".mlpackage"
     runtime = "coreml"
-    runtime_package = "coremltools"
+    unchecked_note = "; the saved spec was checked instead"
     quantizations = {"none": "fp32 compute", "fp16": "fp16 compute (default)",
                      "int8": "int8 weights, fp16 compute"}
     default_quantize = "fp16"
@@ -78,18 +76,6 @@ class CoreMLTarget(Target):
             exported.details["spec"] = _check_spec(exported, meta)
             results.append(exported)
         return results
-
-    def runner(self, exported: Exported) -> Runner:
-        if sys.platform != "darwin":
-            return Runner.unavailable(f"{NOT_ON_MACOS} (this is {sys.platform}); the saved "
-                                      "spec was checked instead")
-        import coremltools as ct
-
-        model = ct.models.MLModel(str(exported.path))
-        if exported.output_kind == "probabilities":
-            classes = json.loads(model.user_defined_metadata[EMBEDDED_KEY])["classes"]
-            return Runner(fn=lambda x: _classify(model, x, classes), output_kind="probabilities")
-        return Runner(fn=lambda x: np.asarray(model.predict({INPUT_NAME: x})[LOGITS_NAME]))
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         import coremltools as ct

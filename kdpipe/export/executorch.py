@@ -18,7 +18,6 @@ from torch import nn
 from kdpipe.export.base import (
     Calibration,
     Exported,
-    Runner,
     Target,
     batch_variant,
     example_input,
@@ -35,8 +34,7 @@ DELEGATE = "XnnpackBackend"
 class ExecuTorchTarget(Target):
     name = "executorch"
     suffix = ".pte"
-    runtime = "executorch+xnnpack"
-    runtime_package = "executorch"
+    runtime = "executorch"
     quantizations = {"none": "fp32, XNNPACK", "int8": "PT2E + XNNPACK quantizer, calibrated"}
     unsupported = {"fp16": "kdpipe lowers fp32 or int8 to XNNPACK; use int8, or onnx/coreml "
                            "for fp16"}
@@ -80,17 +78,6 @@ class ExecuTorchTarget(Target):
             details={"delegate": DELEGATE,
                      "exporter": "torch.export + executorch.exir.to_edge_transform_and_lower"},
         )
-
-    def runner(self, exported: Exported) -> Runner:
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(exported.path).load_method("forward")
-
-        def run(x: object) -> object:
-            return method.execute([torch.from_numpy(x)])[0].numpy()
-
-        return Runner(fn=run)
-
 
 def _lower(model: nn.Module, quantize: str, calibration: Calibration | None,
            meta: ArtifactMetadata, batch: int, dynamic: bool):  # -> ExecutorchProgramManager

@@ -3,8 +3,9 @@
 Every artifact `X` that `kdpipe export` writes gets a JSON sidecar `X.json` holding one
 `ArtifactMetadata` (below). Formats with a place for metadata carry a copy inside too: ONNX
 `metadata_props["kdpipe"]`, Core ML `user_defined_metadata["kdpipe"]`, TorchScript
-`_extra_files["kdpipe.json"]` (the archive's `extra/kdpipe.json`). ExecuTorch `.pte` files have
-no such place: their sidecar is the only copy.
+`_extra_files["kdpipe.json"]` (the archive's `extra/kdpipe.json`), OpenVINO IR
+`rt_info["kdpipe"]`. ExecuTorch `.pte`, LiteRT `.tflite` and ncnn `.param` files have no such
+place: their sidecar is the only copy.
 
 The embedded copy is written together with the model, before the file exists and before the
 parity check runs, so it leaves out what only the finished file knows: `file`, `size_bytes`,
@@ -30,11 +31,19 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from kdpipe.errors import KdpipeError
+from kdpipe.hashing import file_sha256, path_sha256
 
 SCHEMA_VERSION = 2
 KIND = "kdpipe.artifact"
 EMBEDDED_KEY = "kdpipe"  # ONNX metadata_props / Core ML user_defined_metadata key
 TORCHSCRIPT_EXTRA = "kdpipe.json"  # TorchScript _extra_files entry
+# Two-file formats: the artifact is the graph and its weights lie beside it under the same stem
+# (`resnet20.xml` + `resnet20.bin`), the rule OpenVINO's `read_model` itself follows. Sizes,
+# hashes, publishing, bundles and uploads take these companions along.
+COMPANION_SUFFIXES: dict[str, tuple[str, ...]] = {
+    ".xml": (".bin",),  # OpenVINO IR
+    ".param": (".bin",),  # ncnn
+}
 
 
 @dataclass
@@ -94,12 +103,16 @@ class ArtifactMetadata:
 
     Identity
     - `schema_version` (1), `kind` ("kdpipe.artifact").
-    - `format`: the export target: `onnx`, `torchscript`, `coreml` or `executorch`.
-    - `runtime`: what runs it: `onnxruntime`, `torch.jit`, `coreml`, `executorch+xnnpack`.
+    - `format`: the export target: `onnx`, `ort`, `torchscript`, `coreml`, `executorch`,
+      `litert`, `openvino` or `ncnn`.
+    - `runtime`: what runs it: `onnxruntime`, `torch.jit`, `coreml`, `executorch+xnnpack`,
+      `litert`, `openvino`, `ncnn`.
     - `quantization`: the artifact's numbers: `fp32`, `fp16` or `int8`;
       `quantization_detail` says how (e.g. static QDQ, per-channel weights, calibration).
-    - `file`: the artifact's file name; `size_bytes`: bytes on disk (a folder's total);
-      `sha256`: `artifact_sha256` of it (for a folder, over its files: see that function).
+    - `file`: the artifact's file name; `size_bytes`: bytes on disk (a folder's total, or the
+      file's with its companion files: an OpenVINO `.xml` or ncnn `.param` keeps its weights in
+      the `.bin` of the same stem, which must travel with it); `sha256`: `artifact_sha256` of it
+      (for a folder or a file with companions, over all their files: see that function).
 
     Input (normalization is folded into the model: feed RGB floats in [0, 1], no mean/std)
     - `input_name`: the input's name where the format names inputs (ONNX, Core ML); TorchScript
@@ -248,30 +261,29 @@ def read_metadata(artifact: str | Path) -> ArtifactMetadata:
     return ArtifactMetadata.from_dict(values, where=str(path))
 
 
+def companion_files(artifact: str | Path) -> list[Path]:
+    """The files that travel with an artifact: the weights of a two-file format, beside it under
+    the same stem (`COMPANION_SUFFIXES`); none for every other format."""
+    artifact = Path(artifact)
+    return [artifact.with_suffix(s) for s in COMPANION_SUFFIXES.get(artifact.suffix.lower(), ())]
+
+
 def path_size(path: Path) -> int:
-    """Bytes of a file, or of all files under a folder (a Core ML `.mlpackage`)."""
+    """Bytes of a file with its companion files, or of all files under a folder (a Core ML
+    `.mlpackage`)."""
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+    return sum(p.stat().st_size for p in [path, *companion_files(path)] if p.exists())
 
 
 def artifact_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file. Of a folder (`.mlpackage`): the sha256 of the sorted lines
-    `relative/posix/path \\0 file-sha256 \\n` (no spaces) of its files, so the folder has one
-    fingerprint that changes when any file in it does."""
+    """Hex sha256 of a file; of a folder (`.mlpackage`), of its files' paths and sha256s in
+    order (`kdpipe.hashing.path_sha256`). Of a file with companion files (OpenVINO `.xml` +
+    `.bin`): the sha256 of the lines `file-name \\0 file-sha256 \\n` of the file, then of its
+    companions, so one fingerprint changes when either does."""
     path = Path(path)
-    if not path.is_dir():
-        return _file_sha256(path)
-    lines = [
-        f"{p.relative_to(path).as_posix()}\0{_file_sha256(p)}\n"
-        for p in sorted(path.rglob("*")) if p.is_file()
-    ]
+    companions = [p for p in companion_files(path) if p.exists()]
+    if path.is_dir() or not companions:
+        return path_sha256(path)
+    lines = [f"{p.name}\0{file_sha256(p)}\n" for p in [path, *companions]]
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -23,7 +23,6 @@ from torch import nn
 from kdpipe.export.base import (
     Calibration,
     Exported,
-    Runner,
     Target,
     example_input,
     register_target,
@@ -67,7 +66,6 @@ class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
     runtime = "onnxruntime"
-    runtime_package = "onnxruntime"
     libraries = ("onnx", "onnxruntime", "onnxscript")
     quantizations = {
         "none": "fp32",
@@ -83,9 +81,6 @@ class OnnxTarget(Target):
                batch_sizes: Sequence[int]) -> list[Exported]:
         """One file: a dynamic batch dimension, or a static [1, C, H, W] for batch 1 only."""
         return [write_onnx(model, meta, quantize, calibration, path, batch_sizes)]
-
-    def runner(self, exported: Exported) -> Runner:
-        return ort_runner(exported.path, exported)
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         import json
@@ -129,28 +124,6 @@ def write_onnx(model: nn.Module, meta: ArtifactMetadata, quantize: str,
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return exported
-
-
-def ort_runner(path: Path, exported: Exported) -> Runner:
-    """The file in ONNX Runtime's CPU provider; for int8, also with graph optimizations off,
-    where QDQ pairs compute in float: the parity check's reference for the integer kernels."""
-    import onnxruntime as ort
-
-    def session(level: Any) -> Any:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=["CPUExecutionProvider"])
-
-    def runs(s: Any) -> Any:
-        name = s.get_inputs()[0].name
-        return lambda x: s.run(None, {name: x})[0]
-
-    optimized = runs(session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
-    simulated = None
-    if "int8_scheme" in exported.details:
-        simulated = runs(session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
-    return Runner(fn=optimized, simulated=simulated)
 
 
 def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from kdpipe.export.base import Calibration, Exported, Runner, Target, register_target
+from kdpipe.export.base import Calibration, Exported, Target, register_target
 from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
-from kdpipe.export.onnx import DETAILS, ort_runner, write_onnx
+from kdpipe.export.onnx import DETAILS, write_onnx
 
 TARGET_PLATFORM = "arm"
 
@@ -31,7 +31,6 @@ class OrtTarget(Target):
     name = "ort"
     suffix = ".ort"
     runtime = "onnxruntime"
-    runtime_package = "onnxruntime"
     libraries = ("onnx", "onnxruntime", "onnxscript")
     quantizations = {
         "none": "fp32",
@@ -57,14 +56,11 @@ class OrtTarget(Target):
             target_platform=TARGET_PLATFORM)
         return [exported]
 
-    def runner(self, exported: Exported) -> Runner:
-        """The `.ort` file in ONNX Runtime; for int8 its integer kernels are compared with the
-        float simulation of the ONNX file it was converted from."""
-        runner = ort_runner(exported.path, exported)
+    def simulation_source(self, exported: Exported) -> Path | None:
+        """The staged ONNX file: an `.ort` holds its graph already optimized, so only its
+        source can be run with the quantization simulated in float."""
         source = _source(exported.path)
-        if runner.simulated is not None and source.exists():
-            runner.simulated = ort_runner(source, exported).simulated
-        return runner
+        return source if source.exists() else None
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         import onnxruntime as ort

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from kdpipe.export.base import Exported, Runner
+from kdpipe.export.base import Exported
 from kdpipe.export.metadata import ParityReport
+from kdpipe.runtime.chunks import fit, run_in_chunks
 
 MIN_AGREEMENT = 99.9  # percent of top-1 predictions, fp32 artifacts
 MAX_TOP1_DROP = 1.0  # points of top-1 accuracy, quantized artifacts
@@ -43,7 +44,7 @@ def rule_for(precision: str, kernels: bool = False) -> str:
 
 
 def check_parity(
-    runner: Runner,
+    run: Callable[[np.ndarray], np.ndarray],
     exported: Exported,
     images: np.ndarray,
     labels: np.ndarray,
@@ -51,24 +52,27 @@ def check_parity(
     precision: str,
     batch_sizes: Sequence[int],
     data: str = "",
+    *,
+    simulated: Callable[[np.ndarray], np.ndarray] | None = None,
+    output_kind: str = "logits",
 ) -> ParityReport:
     """Compare the artifact's outputs on `images` (float32 NCHW in [0, 1]) with `reference`
-    logits of the PyTorch model; `batch_sizes` are the sizes the export was asked to run."""
-    if runner.fn is None:
-        return ParityReport.not_checked(runner.reason)
+    logits of the PyTorch model. `run` is the runtime session's `run` (the class bench times);
+    `simulated`, where the runtime has one, runs the same file with its quantization in float;
+    `batch_sizes` are the sizes the export was asked to run."""
     sizes = runnable_sizes(exported, batch_sizes)
     try:
         for b in sizes:  # every requested size runs, whatever the chunking below uses
-            runner.fn(_fit(images, b))
-        outputs = run_in_chunks(runner.fn, images, chunk_size(exported))
-        simulated = (run_in_chunks(runner.simulated, images, chunk_size(exported))
-                     if runner.simulated is not None else None)
+            run(fit(images, b))
+        outputs = run_in_chunks(run, images, chunk_size(exported))
+        simulated_outputs = (run_in_chunks(simulated, images, chunk_size(exported))
+                             if simulated is not None else None)
     except Exception as e:  # noqa: BLE001 - a runtime error is a failed check, with its message
         return ParityReport(checked=True, n=len(images), data=data, passed=False,
                             rule=rule_for(precision), batch_sizes_run=sizes,
                             reason=f"the artifact failed to run: {type(e).__name__}: {e}")
-    return compare(outputs, reference, labels, precision, runner.output_kind, sizes, data,
-                   simulated=simulated)
+    return compare(outputs, reference, labels, precision, output_kind, sizes, data,
+                   simulated=simulated_outputs)
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, precision: str,
@@ -144,25 +148,6 @@ def chunk_size(exported: Exported) -> int:
     if exported.batch_sizes is not None:
         return max(exported.batch_sizes)
     return min(DEFAULT_CHUNK, exported.max_batch_size or DEFAULT_CHUNK)
-
-
-def run_in_chunks(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                  size: int) -> np.ndarray:
-    """`fn` over `images` in chunks of exactly `size` (the last one padded, its padding dropped),
-    so fixed-batch artifacts run too."""
-    outputs = []
-    for start in range(0, len(images), size):
-        chunk = images[start:start + size]
-        outputs.append(np.asarray(fn(_fit(chunk, size)))[: len(chunk)])
-    return np.concatenate(outputs).astype(np.float32)
-
-
-def _fit(images: np.ndarray, size: int) -> np.ndarray:
-    """Exactly `size` images: cut, or padded by repeating the first (a real image, not zeros)."""
-    if len(images) >= size:
-        return np.ascontiguousarray(images[:size])
-    pad = np.repeat(images[:1], size - len(images), axis=0)
-    return np.ascontiguousarray(np.concatenate([images, pad]))
 
 
 def _percent(mask: np.ndarray) -> float:

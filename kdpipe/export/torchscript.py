@@ -20,7 +20,6 @@ from torch import nn
 from kdpipe.export.base import (
     Calibration,
     Exported,
-    Runner,
     Target,
     example_input,
     register_target,
@@ -36,8 +35,7 @@ DEPRECATION_NOTE = ("TorchScript is deprecated in PyTorch 2.x; prefer the execut
 class TorchScriptTarget(Target):
     name = "torchscript"
     suffix = ".pt"
-    runtime = "torch.jit"
-    runtime_package = "torch"
+    runtime = "torchscript"
     quantizations = {"none": "fp32"}
     unsupported = {
         "fp16": "float16 convolutions are slow or missing on CPU in LibTorch; use onnx or coreml",
@@ -61,17 +59,6 @@ class TorchScriptTarget(Target):
             extra = {TORCHSCRIPT_EXTRA: with_io(meta, exported).embedded_json()}
             torch.jit.save(frozen, str(path), _extra_files=extra)
         return [exported]
-
-    def runner(self, exported: Exported) -> Runner:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(exported.path), map_location="cpu")
-
-        @torch.inference_mode()
-        def run(x: Any) -> Any:
-            return module(torch.from_numpy(x)).numpy()
-
-        return Runner(fn=run)
 
     def read_embedded(self, path: Path) -> dict[str, Any] | None:
         """Read `<archive>/extra/kdpipe.json` from the zip directly (no TorchScript load)."""

@@ -11,6 +11,7 @@ Importing this package registers every model (each family module adds its own en
 from kdpipe.models import mobilenet, plain_cnn, resnet_cifar  # noqa: F401  (registers the models)
 from kdpipe.models.checkpoint import (
     CheckpointMeta,
+    check_fits_data,
     checkpoint_meta,
     file_sha256,
     load_checkpoint,
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointMeta",
     "FeatureTaps",
     "available",
+    "check_fits_data",
     "checkpoint_meta",
     "count_macs",
     "count_params",

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from kdpipe.atomic import torch_save
 from kdpipe.errors import KdpipeError
+from kdpipe.hashing import file_sha256  # noqa: F401  (kdpipe.models.file_sha256)
 from kdpipe.models.features import unwrap_model
 from kdpipe.models.registry import MODELS, available, create
 from kdpipe.models.zoo import import_zoo, is_zoo_layout
@@ -124,13 +126,18 @@ def checkpoint_meta(model: nn.Module) -> CheckpointMeta:
     return meta
 
 
-def file_sha256(path: PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def check_fits_data(what: str, classes: Sequence[str], input_shape: Sequence[int],
+                    data_classes: Sequence[str], data_shape: Sequence[int],
+                    hint: str = "use a checkpoint trained on this data set") -> None:
+    """A clear `KdpipeError` when a model (checkpoint or artifact) was made for other classes or
+    another image size than the data it is about to be trained against, evaluated or benched on.
+    `hint` says what to do about other classes."""
+    if list(classes) != list(data_classes):
+        raise KdpipeError(f"{what} was trained for classes {list(classes)} but the data has "
+                          f"{list(data_classes)}; {hint}")
+    if list(input_shape) != list(data_shape):
+        raise KdpipeError(f"{what} expects inputs of shape {list(input_shape)} but the data has "
+                          f"{list(data_shape)}")
 
 
 def _load_file(path: Path, map_location: Any) -> tuple[Any, str]:

@@ -19,6 +19,9 @@ from kdpipe.report.plot import accuracy_latency_png
 from kdpipe.report.schema import BenchReport, BenchRow
 from kdpipe.report.table import csv_text, markdown_table
 
+# The reason every row measured on an emulated device carries (set by the ssh device).
+EMULATED_NOTE = "emulated (qemu): latency not representative"
+
 REPORT_FILES = {"markdown": "bench.md", "json": "bench.json", "csv": "bench.csv",
                 "plot": "bench.png"}
 
@@ -33,7 +36,7 @@ COLUMNS: list[tuple[str, str, Callable[[BenchRow], str]]] = [
     ("macs", "MACs", lambda r: _count(r.macs)),
     ("size_bytes", "size", lambda r: _bytes(r.size_bytes)),
     ("batch_size", "batch", lambda r: str(r.batch_size)),
-    ("p50_ms", "p50 ms", lambda r: _num(r.p50_ms, "{:.3f}")),
+    ("p50_ms", "p50 ms", lambda r: _num(r.p50_ms, "{:.3f}") + _emulated(r)),
     ("p90_ms", "p90 ms", lambda r: _num(r.p90_ms, "{:.3f}")),
     ("p99_ms", "p99 ms", lambda r: _num(r.p99_ms, "{:.3f}")),
     ("throughput_ips", "img/s", lambda r: _num(r.throughput_ips, "{:,.0f}")),
@@ -121,6 +124,11 @@ def _data(data: dict[str, Any] | None) -> str:
     if not data:
         return "not measured"
     return f"{data.get('n_test')} test images of {data.get('source')}"
+
+
+def _emulated(row: BenchRow) -> str:
+    """Beside an emulated device's latency: the number proves the file runs, nothing more."""
+    return f" ({EMULATED_NOTE})" if row.p50_ms is not None and row.reason == EMULATED_NOTE else ""
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -6,13 +6,13 @@ rebuilt from a finished run folder at any time.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
 from kdpipe.report.bench_report import REPORT_FILES, bench_table
+from kdpipe.report.records import TrainSummary, load_train_summary
 from kdpipe.report.schema import load_bench_report
 from kdpipe.report.table import markdown_table
 
@@ -28,25 +28,33 @@ ARTIFACT_COLUMNS = [("file", "Artifact"), ("format", "Format"), ("quantization",
 
 
 def model_rows(teacher: Path, students: dict[str, Path]) -> list[dict[str, Any]]:
-    """One row per model from the runs' summary.json (the teacher's top-1 from a distill run)."""
-    rows, teacher_top1 = [], None
+    """One row per model from the runs' summary.json; the teacher's row from a distill run's
+    record of it (its checkpoint is loaded only for runs from before kdpipe recorded its size)."""
+    rows: list[dict[str, Any]] = []
+    taught: TrainSummary | None = None
     for name, checkpoint in students.items():
-        summary = json.loads((checkpoint.parent / "summary.json").read_text())
-        teacher_top1 = summary.get("teacher_top1", teacher_top1)
+        summary = load_train_summary(checkpoint.parent)
+        if summary.teacher_top1 is not None:
+            taught = summary
         rows.append({
-            "name": name, "architecture": summary["model"], "method": summary.get("method"),
-            "top1": round(summary["top1"], 2), "params": summary["params"],
-            "macs": summary["macs"], "epochs": summary["epochs"],
-            "train_images": summary["train_images"], "wall_time_s": round(summary["wall_time_s"]),
+            "name": name, "architecture": summary.model, "method": summary.method,
+            "top1": round(summary.top1, 2), "params": summary.params,
+            "macs": summary.macs, "epochs": summary.epochs,
+            "train_images": summary.train_images, "wall_time_s": round(summary.wall_time_s),
         })
-    from kdpipe.models import checkpoint_meta, count_macs, count_params, load_checkpoint
+    if taught is not None and taught.teacher_params is not None:
+        architecture, params, macs = taught.teacher, taught.teacher_params, taught.teacher_macs
+    else:
+        from kdpipe.models import checkpoint_meta, count_macs, count_params, load_checkpoint
 
-    model = load_checkpoint(teacher)
-    meta = checkpoint_meta(model)
+        model = load_checkpoint(teacher)
+        meta = checkpoint_meta(model)
+        architecture, params = meta.model, count_params(model)
+        macs = count_macs(model, (1, *meta.input_shape))
+    top1 = taught.teacher_top1 if taught is not None else None
     rows.insert(0, {
-        "name": "teacher", "architecture": meta.model, "method": "pretrained",
-        "top1": None if teacher_top1 is None else round(teacher_top1, 2),
-        "params": count_params(model), "macs": count_macs(model, (1, *meta.input_shape)),
+        "name": "teacher", "architecture": architecture, "method": "pretrained",
+        "top1": None if top1 is None else round(top1, 2), "params": params, "macs": macs,
     })
     return rows
 

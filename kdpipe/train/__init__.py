@@ -1,12 +1,15 @@
 """Stage one: training baselines and distilling students (loop, schedule, objectives, losses)."""
 
-from kdpipe.train.config import TrainConfig
+from kdpipe.train.baseline import create_student, train_baseline
+from kdpipe.train.config import DistillConfig, EvalConfig, TrainConfig
+from kdpipe.train.data import load_training_data
+from kdpipe.train.device import resolve_device
 from kdpipe.train.evaluate import evaluate
-from kdpipe.train.objective import CrossEntropyObjective, Objective, StepOutput
-from kdpipe.train.run import load_training_data, train_baseline
-from kdpipe.train.trainer import Trainer, resolve_device
+from kdpipe.train.trainer import Trainer
+from kdpipe.train.trainer_objective import CrossEntropyObjective, Objective, StepOutput
 
 __all__ = [
-    "CrossEntropyObjective", "Objective", "StepOutput", "TrainConfig", "Trainer", "evaluate",
-    "load_training_data", "resolve_device", "train_baseline",
+    "CrossEntropyObjective", "DistillConfig", "EvalConfig", "Objective", "StepOutput",
+    "TrainConfig", "Trainer", "create_student", "evaluate", "load_training_data",
+    "resolve_device", "train_baseline",
 ]

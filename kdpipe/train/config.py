@@ -1,4 +1,5 @@
-"""The trainer's configuration: one dataclass filled by `kdpipe train` flags and config files."""
+"""The training configs: `TrainConfig` (`kdpipe train`) and `DistillConfig` (`kdpipe distill`),
+each one dataclass filled by flags and config files alike."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class TrainConfig:
     model_kwargs: dict = option(
         help="extra model arguments, e.g. {width_mult = 0.5} (config only)", factory=dict
     )
-    # data
+    # data (a result: the path is all kdpipe knows of the data's identity before reading it)
     data: str | None = option(
         None,
         "ImageFolder tree, .tar(.gz) of one, or cifar-10-batches-py "
@@ -62,7 +63,7 @@ class TrainConfig:
     )
     download: bool = option(False, "let torchvision download CIFAR-10 into --data (needs internet)")
     cache_dir: str | None = option(
-        None, "uint8 image cache [default: $KDPIPE_CACHE or ~/.cache/kdpipe]"
+        None, "uint8 image cache [default: $KDPIPE_CACHE or ~/.cache/kdpipe]", result=False
     )
     limit_train: int | None = option(None, "train on a stratified subset of N images")
     limit_test: int | None = option(None, "evaluate on a stratified subset of N test images")
@@ -70,7 +71,7 @@ class TrainConfig:
     loader: Literal["tensor", "reference"] = option(
         "tensor", "tensor: in-memory batched augmentation; reference: torchvision PIL DataLoader"
     )
-    num_workers: int = option(2, "DataLoader workers (reference loader only)")
+    num_workers: int = option(2, "DataLoader workers (reference loader only)", result=False)
     # optimisation
     epochs: int = option(30, "training epochs")
     batch_size: int = option(128, "images per step and process")
@@ -89,7 +90,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy (0 = off)")
     # execution
     seed: int = option(0, "seed for initialisation, shuffling and augmentation")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", result=False)
     channels_last: bool = option(
         True, "channels_last memory format (x1.26 on CPU, tensor cores on GPU)"
     )
@@ -98,9 +99,80 @@ class TrainConfig:
         "AVX512-BF16 (x1.9 per training step on an AMX CPU); fp32 elsewhere or with --no-amp"
     )
     compile: bool = option(False, "torch.compile the training step (x1.46 on CPU after warm-up)")
-    threads: int | None = option(None, "torch intra-op threads [default: PyTorch's choice]")
-    out: str = option("runs/train", "run folder for checkpoints, metrics and summary")
-    progress: bool = option(True, "show a progress bar")
+    threads: int | None = option(None, "torch intra-op threads [default: PyTorch's choice]",
+                                     result=False)
+    out: str = option("runs/train", "run folder for checkpoints, metrics and summary",
+                      result=False)
+    progress: bool = option(True, "show a progress bar", result=False)
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A `TrainConfig` plus the teacher and the distillation method. `--student` names the student
+    (it sets `model`, which a distill run otherwise reads as the student too)."""
+
+    student: str | None = option(None, "student model, trained from random initialization "
+                                 "(sets --model; see `kdpipe list`)", short="")
+    teacher: str | None = option(None, "teacher model name, checked against the checkpoint "
+                                 "(default: read from the checkpoint)")
+    teacher_checkpoint: str | None = option(None, "teacher weights: a kdpipe checkpoint or a "
+                                            "pytorch_resnet_cifar10 file")
+    method: str = option("kd", "kd | fitnets | rkd | at | dkd | dist | lskd | scratch, or a sum "
+                         "such as kd+rkd (see `kdpipe list`)")
+    temperature: float = option(4.0, "softmax temperature T of kd and FitNets' KD stage (Hinton "
+                                "et al. 2015), dkd and dist (4 in their papers' CIFAR settings "
+                                "too) and lskd (its paper uses 2: pass --temperature 2)",
+                                short="T")
+    alpha: float = option(0.9, "KD weight: loss = (1 - alpha) * CE(labels, student) + alpha * "
+                          "T^2 * KL(teacher_T || student_T); alpha = 0 is plain cross-entropy",
+                          short="a")
+    hint_layer: Literal["middle", "final"] = option(
+        "middle", "FitNets guided/hint layer: the middle or the final stage of each network",
+        short="")
+    hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs",
+                              short="h")
+    rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)",
+                                        short="d")
+    rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)",
+                                     short="ang")
+    at_weight: float = option(1000.0, "attention transfer weight beta on the sum of the stages' "
+                              "attention losses (Zagoruyko & Komodakis 2017, CIFAR code: 1e3)",
+                              short="w")
+    dkd_alpha: float = option(1.0, "DKD target-class (TCKD) weight alpha (Zhao et al. 2022)",
+                              short="a")
+    dkd_beta: float = option(8.0, "DKD non-target-class (NCKD) weight beta (Zhao et al. 2022, "
+                             "CIFAR-100: 8; their code uses 2 for ResNet56/110 teachers)",
+                             short="b")
+    dkd_warmup_epochs: float = option(20.0, "epochs over which the DKD weight ramps linearly from "
+                                      "0 to 1, per step (Zhao et al. 2022: 20 of 240 epochs)",
+                                      short="wu")
+    dist_beta: float = option(2.0, "DIST inter-class (per sample) relation weight beta (Huang et "
+                              "al. 2022: 1, times the code's DIST loss weight 2)", short="b")
+    dist_gamma: float = option(2.0, "DIST intra-class (per class over the batch) relation weight "
+                               "gamma (Huang et al. 2022: 1, times the code's loss weight 2)",
+                               short="g")
+    lskd_weight: float = option(9.0, "weight of the logit-standardized KD term (Sun et al. 2024, "
+                                "CIFAR-100: 9)", short="w")
+    lskd_ce_weight: float = option(0.1, "lskd's cross-entropy weight (Sun et al. 2024: 0.1)",
+                                   short="ce")
+    # Outputs are keyed by content (`TeacherCache`): a cache changes the speed, never a result.
+    teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "
+                                       "per augmented batch, so runs with the same seed and data "
+                                       "share them (worth it on CPU)", result=False)
+    out: str = option("runs/distill", "run folder for checkpoints, metrics and summary",
+                      result=False)
+
+
+@dataclass
+class EvalConfig:
+    """`kdpipe eval`: a checkpoint's top-1 on a data set's test split."""
+
+    data: str | None = option(None, "data set (as for `kdpipe train`)")
+    limit_test: int | None = option(None, "stratified subset of N test images")
+    device: str = option("auto", "auto | cpu | cuda")
+    download: bool = option(False, "let torchvision download CIFAR-10")
+    cache_dir: str | None = option(
+        None, "uint8 image cache [default: $KDPIPE_CACHE or ~/.cache/kdpipe]")

@@ -2,12 +2,13 @@
 
     loss = (1 - alpha) * CE(labels, student) + alpha * T^2 * KL(teacher_T || student_T)   (kd)
 
-`DistillConfig` extends `TrainConfig` (same schedule, data and execution options) with the
-teacher and the method's hyperparameters; `distill(config)` checks the teacher against the data
-before any training, builds the method's plan (`kdpipe.train.methods`), runs its stages (FitNets'
-hint stage in `out/stage1/`) and then the main `Trainer`. The run folder holds what `kdpipe train`
-writes (config.json, last.pt, metrics.jsonl, model.pt, summary.json), the summary also naming the
-method, the teacher and the teacher's test top-1.
+`DistillConfig` (in `kdpipe.train.config`) extends `TrainConfig` (same schedule, data and
+execution options) with the teacher and the method's hyperparameters; `distill(config)` checks
+the teacher against the data before any training, builds the method's plan
+(`kdpipe.train.methods`), runs its stages (FitNets' hint stage in `out/stage1/`) and then the
+main `Trainer`. The run folder holds what `kdpipe train` writes (config.json, last.pt,
+metrics.jsonl, model.pt, summary.json), the summary also naming the method, the teacher and the
+teacher's test top-1, parameters and MACs.
 """
 
 from __future__ import annotations
@@ -15,20 +16,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from kdpipe import atomic
-from kdpipe.config import option
 from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, Dataset
 from kdpipe.errors import KdpipeError
-from kdpipe.models import checkpoint_meta, load_checkpoint, read_checkpoint
+from kdpipe.models import (
+    check_fits_data,
+    checkpoint_meta,
+    count_macs,
+    count_params,
+    load_checkpoint,
+    read_checkpoint,
+)
 from kdpipe.progress import console
-from kdpipe.train.config import TrainConfig
-from kdpipe.train.evaluate import check_compatible, evaluate
+from kdpipe.report.records import load_train_summary
+from kdpipe.train.baseline import create_student
+from kdpipe.train.config import DistillConfig
+from kdpipe.train.data import load_training_data
+from kdpipe.train.device import resolve_device
+from kdpipe.train.evaluate import evaluate
 from kdpipe.train.methods import (
     DistillObjective,
     MethodContext,
@@ -40,51 +50,9 @@ from kdpipe.train.methods import (
     resolve,
 )
 from kdpipe.train.precision import precision_name
-from kdpipe.train.run import create_student, load_training_data
-from kdpipe.train.trainer import Trainer, hold_run_folder, resolve_device
+from kdpipe.train.trainer import Trainer, hold_run_folder
 
-
-@dataclass
-class DistillConfig(TrainConfig):
-    """A `TrainConfig` plus the teacher and the distillation method. `--student` names the student
-    (it sets `model`, which a distill run otherwise reads as the student too)."""
-
-    student: str | None = option(None, "student model, trained from random initialization "
-                                 "(sets --model; see `kdpipe list`)")
-    teacher: str | None = option(None, "teacher model name, checked against the checkpoint "
-                                 "(default: read from the checkpoint)")
-    teacher_checkpoint: str | None = option(None, "teacher weights: a kdpipe checkpoint or a "
-                                            "pytorch_resnet_cifar10 file")
-    method: str = option("kd", "kd | fitnets | rkd | at | dkd | dist | lskd | scratch, or a sum "
-                         "such as kd+rkd (see `kdpipe list`)")
-    temperature: float = option(4.0, "softmax temperature T of kd and FitNets' KD stage (Hinton "
-                                "et al. 2015), dkd and dist (4 in their papers' CIFAR settings "
-                                "too) and lskd (its paper uses 2: pass --temperature 2)")
-    alpha: float = option(0.9, "KD weight: loss = (1 - alpha) * CE(labels, student) + alpha * "
-                          "T^2 * KL(teacher_T || student_T); alpha = 0 is plain cross-entropy")
-    hint_layer: Literal["middle", "final"] = option(
-        "middle", "FitNets guided/hint layer: the middle or the final stage of each network")
-    hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs")
-    rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)")
-    rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)")
-    at_weight: float = option(1000.0, "attention transfer weight beta on the sum of the stages' "
-                              "attention losses (Zagoruyko & Komodakis 2017, CIFAR code: 1e3)")
-    dkd_alpha: float = option(1.0, "DKD target-class (TCKD) weight alpha (Zhao et al. 2022)")
-    dkd_beta: float = option(8.0, "DKD non-target-class (NCKD) weight beta (Zhao et al. 2022, "
-                             "CIFAR-100: 8; their code uses 2 for ResNet56/110 teachers)")
-    dkd_warmup_epochs: float = option(20.0, "epochs over which the DKD weight ramps linearly from "
-                                      "0 to 1, per step (Zhao et al. 2022: 20 of 240 epochs)")
-    dist_beta: float = option(2.0, "DIST inter-class (per sample) relation weight beta (Huang et "
-                              "al. 2022: 1, times the code's DIST loss weight 2)")
-    dist_gamma: float = option(2.0, "DIST intra-class (per class over the batch) relation weight "
-                               "gamma (Huang et al. 2022: 1, times the code's loss weight 2)")
-    lskd_weight: float = option(9.0, "weight of the logit-standardized KD term (Sun et al. 2024, "
-                                "CIFAR-100: 9)")
-    lskd_ce_weight: float = option(0.1, "lskd's cross-entropy weight (Sun et al. 2024: 0.1)")
-    teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "
-                                       "per augmented batch, so runs with the same seed and data "
-                                       "share them (worth it on CPU)")
-    out: str = option("runs/distill", "run folder for checkpoints, metrics and summary")
+__all__ = ["DistillConfig", "distill", "load_teacher", "resolve_student"]  # the config: re-export
 
 
 def resolve_student(config: DistillConfig) -> DistillConfig:
@@ -109,14 +77,18 @@ def load_teacher(config: DistillConfig, data: Dataset) -> tuple[Teacher, dict[st
             f"--teacher {config.teacher} does not match {path}, which holds a {meta.model}; "
             f"pass --teacher {meta.model} or leave --teacher out"
         )
-    check_compatible(meta, data.classes, data.train_images.shape[1:], f"teacher {path}")
+    check_fits_data(f"teacher {path}", meta.classes, meta.input_shape, data.classes,
+                    data.train_images.shape[1:])
+    # Recorded here, before any feature tap is attached, so reports never load the teacher again.
+    size = {"teacher_params": count_params(model),
+            "teacher_macs": count_macs(model, (1, *meta.input_shape))}
     device = resolve_device(config.device)
     cache = teacher_cache(config, meta.source_sha256, device)
     top1 = teacher_top1(model.to(device), data, meta.mean, meta.std, device, cache)
     teacher = Teacher(model, name=meta.model, mean=meta.mean, std=meta.std,
                       data_mean=CIFAR10_MEAN, data_std=CIFAR10_STD, amp=config.amp, cache=cache)
     info = {"teacher": meta.model, "teacher_checkpoint": str(path),
-            "teacher_sha256": meta.source_sha256, "teacher_top1": top1}
+            "teacher_sha256": meta.source_sha256, "teacher_top1": top1, **size}
     return teacher, info
 
 
@@ -146,7 +118,7 @@ def run_stage(stage: Stage, config: DistillConfig, data: Dataset, resume: bool,
     """Train one stage in `out/<stage>/` (resumable on its own); returns its summary."""
     out = Path(config.out) / stage.name
     if resume and (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
+        return load_train_summary(out).to_json()
     console.print(f"{stage.name}: {stage.epochs} epochs in {out}"
                   + (f" ({stage.about})" if stage.about else ""))
     stage_config = dataclasses.replace(config, out=str(out), epochs=stage.epochs)

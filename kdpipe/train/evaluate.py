@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdpipe.data import BatchLoader
-from kdpipe.errors import KdpipeError
-from kdpipe.models import CheckpointMeta, checkpoint_meta, load_checkpoint
+from kdpipe.models import check_fits_data, checkpoint_meta, load_checkpoint
+from kdpipe.train.config import TrainConfig
+from kdpipe.train.data import load_training_data
+from kdpipe.train.device import resolve_device
 
 
 @torch.no_grad()
@@ -49,22 +51,6 @@ def evaluate(
     return {"top1": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
-def check_compatible(
-    meta: CheckpointMeta, classes: Sequence[str], input_shape: Sequence[int], what: str
-) -> None:
-    """A clear error when a checkpoint was trained for other classes or another image size."""
-    if list(meta.classes) != list(classes):
-        raise KdpipeError(
-            f"{what} was trained for classes {list(meta.classes)} but the data has "
-            f"{list(classes)}; use a checkpoint trained on this data set"
-        )
-    if list(meta.input_shape) != list(input_shape):
-        raise KdpipeError(
-            f"{what} expects inputs of shape {list(meta.input_shape)} but the data has "
-            f"{list(input_shape)}"
-        )
-
-
 def evaluate_checkpoint(
     path: str | Path,
     *,
@@ -75,15 +61,12 @@ def evaluate_checkpoint(
     cache_dir: str | None = None,
 ) -> dict[str, float]:
     """Top-1 of a checkpoint file (kdpipe or an imported layout) on a data set's test split."""
-    from kdpipe.train.config import TrainConfig
-    from kdpipe.train.run import load_training_data
-    from kdpipe.train.trainer import resolve_device
-
     model = load_checkpoint(path)
     meta = checkpoint_meta(model)
     config = TrainConfig(data=data, limit_test=limit_test, download=download, cache_dir=cache_dir)
     dataset = load_training_data(config)
-    check_compatible(meta, dataset.classes, dataset.test_images.shape[1:], str(path))
+    check_fits_data(str(path), meta.classes, meta.input_shape, dataset.classes,
+                    dataset.test_images.shape[1:])
     dev = resolve_device(device)
     return evaluate(
         model.to(dev), dataset.test_images, dataset.test_labels, meta.mean, meta.std, device=dev

@@ -5,7 +5,7 @@ instructions, runs them at a multiple of the fp32 rate: CUDA GPUs (tensor cores)
 Intel AMX or AVX512-BF16, where oneDNN picks bf16 kernels. On the project's 2-core Sapphire Rapids
 (AMX) box a ResNet110 training step runs 1.9x faster and its inference 2.1x
 (`benchmarks/RESULTS.md`). Elsewhere bf16 would be emulated, slower than fp32, so it stays off.
-Losses are computed in fp32 whatever this says (`kdpipe.train.methods.objective`).
+Losses are computed in fp32 whatever this says (`kdpipe.train.methods.distill_objective`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Files in the run folder (`config.out`):
                     is rewritten from them, so a kill at any moment leaves one row per epoch
     model.pt        the final student checkpoint (what `kdpipe eval` and `kdpipe export` take)
     summary.json    top-1, params, MACs, wall time, images/s, device, versions, git commit
+                    (`kdpipe.report.records.TrainSummary`)
 
 Ctrl-C is taken between two steps: the signal only sets a flag, which the loop reads before each
 step and after each epoch; then last.pt is saved and `KeyboardInterrupt` raised. A step cut short
@@ -37,26 +38,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import Progress, TaskID
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kdpipe import atomic, runlock
-from kdpipe.config import to_dict
-from kdpipe.data import Dataset, make_loader
+from kdpipe.config import results_only, to_dict
+from kdpipe.data import Dataset, Loader, make_loader
 from kdpipe.errors import KdpipeError
 from kdpipe.models import CheckpointMeta, count_macs, count_params, read_checkpoint, save_checkpoint
 from kdpipe.progress import console, progress_bar
+from kdpipe.report.records import TrainSummary
 from kdpipe.runinfo import environment
 from kdpipe.train import distributed
 from kdpipe.train.config import TrainConfig
+from kdpipe.train.device import resolve_device
 from kdpipe.train.evaluate import evaluate
-from kdpipe.train.objective import Objective
 from kdpipe.train.precision import precision_name, uses_bf16
 from kdpipe.train.schedule import make_scheduler
+from kdpipe.train.trainer_objective import Objective, StepOutput
 
-# Config fields that may differ between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "out", "threads", "device", "cache_dir", "data", "num_workers"}
-
+__all__ = ["Trainer", "hold_run_folder", "resolve_device", "seed_everything"]
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and `random`: every command calls this before it builds a
@@ -80,18 +82,6 @@ class _StopAtBoundary(KeyboardInterrupt):
 
 class _AbortNow(KeyboardInterrupt):
     """A second Ctrl-C: stop at once, mid-step maybe, so last.pt is left as it was."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else CPU; an unavailable CUDA request is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdpipeError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
-    return device
 
 
 @dataclass
@@ -174,7 +164,7 @@ class Trainer:
         if cfg.channels_last:
             self.objective.to(memory_format=torch.channels_last)
         mean, std = self.mean_std
-        self.loader = make_loader(
+        self.loader: Loader = make_loader(
             cfg.loader,
             self.dataset.train_images,
             self.dataset.train_labels,
@@ -241,14 +231,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         if self.resume and last.exists():
             saved = json.loads((self.out / "config.json").read_text())["config"]
-            now = to_dict(self.config)
+            now = results_only(self.config)
             # An option missing from the saved config was added to kdpipe after the run began;
             # at its default it changes nothing.
             defaults = to_dict(type(self.config)())
-            changed = sorted(
-                k for k in now
-                if k not in _RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now[k]
-            )
+            changed = sorted(k for k in now if saved.get(k, defaults.get(k)) != now[k])
             if changed:
                 raise KdpipeError(
                     f"--resume would change {', '.join(changed)} of the run in {self.out}; "
@@ -335,7 +322,7 @@ class Trainer:
         if stop:
             raise _StopAtBoundary
 
-    def _train_epoch(self, bar: Any, task: Any) -> None:
+    def _train_epoch(self, bar: Progress, task: TaskID) -> None:
         self.objective.train()
         self.objective.start_epoch(self.epoch)
         self.loader.set_epoch(self.epoch)
@@ -371,7 +358,7 @@ class Trainer:
             )
             tick = time.perf_counter()
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> Any:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.step_module(images, labels)
         if not torch.isfinite(out.loss):
@@ -518,7 +505,7 @@ class Trainer:
             return {}
         student = self.objective.student
         final = self._evaluate("test")
-        summary: dict[str, Any] = {
+        summary = TrainSummary.from_json({
             **self.record,
             "model": self.config.model,
             "top1": final["top1"],
@@ -533,14 +520,14 @@ class Trainer:
             "world_size": self.dist.world_size,
             "precision": precision_name(self.config.amp, self.device),
             "environment": environment(self.device),
-        }
+        })
         if self.dataset.val_images is not None:
-            summary["val_top1"] = self._evaluate("val")["top1"]
+            summary.val_top1 = self._evaluate("val")["top1"]
         save_checkpoint(
             self.out / "model.pt",
             student.to(memory_format=torch.contiguous_format),
-            self.meta(metrics={"top1": summary["top1"]}),
+            self.meta(metrics={"top1": summary.top1}),
         )
-        atomic.write_json(self.out / "summary.json", summary)
+        atomic.write_json(self.out / "summary.json", summary.to_json())
         distributed.shutdown(self.dist)
-        return summary
+        return summary.to_json()

@@ -34,7 +34,7 @@ from kdpipe.train.methods.base import (
 )
 from kdpipe.train.methods.cache import TeacherCache
 from kdpipe.train.methods.compose import build_plan, combine, label, needs_teacher, reads, resolve
-from kdpipe.train.methods.objective import DistillObjective, TeacherObjective
+from kdpipe.train.methods.distill_objective import DistillObjective, TeacherObjective
 from kdpipe.train.methods.teacher import Teacher, freeze_teacher
 
 __all__ = [

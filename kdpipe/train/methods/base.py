@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from kdpipe.registry import Registry
-from kdpipe.train.objective import Objective
+from kdpipe.train.config import DistillConfig
+from kdpipe.train.trainer_objective import Objective
 
-if TYPE_CHECKING:  # both import this module
-    from kdpipe.train.distill import DistillConfig
+if TYPE_CHECKING:  # the teacher module imports this one
     from kdpipe.train.methods.teacher import Teacher
 
 

@@ -25,10 +25,10 @@ from kdpipe.errors import KdpipeError
 from kdpipe.models import FeatureTaps, feature_shapes, stage_names
 from kdpipe.train.losses import HintRegressor, hint_loss
 from kdpipe.train.methods.base import MethodContext, Plan, Stage, register_method
+from kdpipe.train.methods.distill_objective import TeacherObjective, tapped_student
 from kdpipe.train.methods.kd import kd_plan
-from kdpipe.train.methods.objective import TeacherObjective, tapped_student
 from kdpipe.train.methods.teacher import Teacher
-from kdpipe.train.objective import StepOutput
+from kdpipe.train.trainer_objective import StepOutput
 
 
 def hint_tap(model: nn.Module, which: str) -> str:

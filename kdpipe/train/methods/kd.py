@@ -4,15 +4,11 @@ https://arxiv.org/abs/1503.02531:  loss = (1 - alpha) * CE(y, z) + alpha * T^2 K
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from kdpipe.train.config import DistillConfig
 from kdpipe.train.losses import kd_loss
 from kdpipe.train.methods.base import LossTerm, MethodContext, Outputs, Plan, register_method
-
-if TYPE_CHECKING:
-    from kdpipe.train.distill import DistillConfig
 
 
 class KDTerm(LossTerm):

@@ -8,11 +8,12 @@ import typer
 from rich.markup import escape
 
 from kdpipe.bench.config import BenchConfig
-from kdpipe.cliutil import config_command, friendly_errors
+from kdpipe.cliutil import config_command, fail, friendly_errors
 from kdpipe.config import to_dict
 from kdpipe.export.config import ExportConfig, support_table
 from kdpipe.pipeline import PipelineConfig, load_pipeline_config
 from kdpipe.progress import console
+from kdpipe.report.records import run_line
 from kdpipe.sweep import SweepOptions, sweep_configs
 from kdpipe.train.config import DistillConfig, EvalConfig, TrainConfig
 
@@ -30,7 +31,7 @@ app = typer.Typer(
 def train(
     config: TrainConfig,
     resume: bool = typer.Option(
-        False, "--resume", help="continue the run in --out where it stopped"
+        False, "--resume", metavar="", help="continue the run in --out where it stopped"
     ),
 ) -> None:
     """Train a model from scratch (the baseline every distilled student is compared with).
@@ -41,14 +42,16 @@ def train(
 
     summary = train_baseline(config, resume=resume)
     if summary:  # only the main process of a torchrun job reports
-        console.print(f"top-1 {summary['top1']:.2f}%  ->  {Path(config.out) / 'model.pt'}")
+        console.print(run_line(Path(config.out).name, summary)
+                      + f"  ->  {Path(config.out) / 'model.pt'}")
 
 
 @config_command(app, DistillConfig)
 def distill(
     config: DistillConfig,
     resume: bool = typer.Option(
-        False, "--resume", help="continue the run in --out (and its stage folders) where it stopped"
+        False, "--resume", metavar="",
+        help="continue the run in --out (and its stage folders) where it stopped"
     ),
 ) -> None:
     """Distill a teacher checkpoint into a student trained from random initialization.
@@ -62,9 +65,8 @@ def distill(
     from kdpipe.train.distill import distill as run_distill
 
     summary = run_distill(config, resume=resume)
-    console.print(
-        f"top-1 {summary['top1']:.2f}% ({summary['method']})  ->  {Path(config.out) / 'model.pt'}"
-    )
+    console.print(run_line(Path(config.out).name, summary)
+                  + f"  ->  {Path(config.out) / 'model.pt'}")
 
 
 @config_command(app, SweepOptions)
@@ -100,7 +102,9 @@ def sweep(
     """
     from kdpipe.sweep import run_sweep
 
-    result = run_sweep(sweep_file, out=config.out, dry_run=config.dry_run)
+    result = run_sweep(sweep_file, out=config.out, dry_run=config.dry_run,
+                       executor=config.executor, ray_address=config.ray_address,
+                       shared_storage=config.shared_storage)
     if not config.dry_run:
         console.print(
             f"{len(result['ran'])} cells run, {len(result['skipped'])} already done; "
@@ -160,9 +164,20 @@ def bench(
     Example: kdpipe bench runs/export/resnet20.onnx runs/train/model.pt --batch-sizes 1,32
     """
     from kdpipe.bench import run_bench
+    from kdpipe.bench.bench import failed_runs
+    from kdpipe.report.bench_report import console_table
 
-    _, files = run_bench(artifacts, config)
+    report, files = run_bench(artifacts, config)
+    console.print(console_table(report.rows), markup=False, highlight=False, soft_wrap=True)
     console.print("report: " + ", ".join(str(path) for path in files.values()))
+    failed = failed_runs(report)
+    for name, runtime, reason in failed:  # the report has them too, but a script reads the exit
+        console.print(f"failed: {name} on {runtime}: {reason}", highlight=False, markup=False,
+                      soft_wrap=True)
+    if failed:
+        runs = len({(r.name, r.runtime) for r in report.rows})
+        raise fail(f"{len(failed)} of {runs} runs failed (listed above); the report has the "
+                   "others", code=1)
 
 
 @app.command()

@@ -8,6 +8,7 @@ type-checked dataclass. A flag the user did not type is `None` and leaves the fi
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
 import types
@@ -31,7 +32,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn `KdpipeError` into a message and exit 2, Ctrl-C into exit 130, in any command."""
+    """Turn `KdpipeError` into a message and exit 2, a file system error (full disk, read-only
+    or missing folder, no permission) into one line naming the path and exit 1, Ctrl-C into
+    exit 130, in any command."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,11 +42,35 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except KdpipeError as e:
             raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(os_error_message(e), code=1) from None
         except KeyboardInterrupt:
             console.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# Errors that only a write (or creating a folder) gives: the message says "cannot write".
+_EDQUOT = getattr(errno, "EDQUOT", errno.ENOSPC)  # disk quota exceeded; not on every OS
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, _EDQUOT, errno.EFBIG, errno.ENOTDIR,
+                 errno.EEXIST, errno.EACCES, errno.EPERM, errno.EISDIR}
+
+
+def os_error_message(e: OSError) -> str:
+    """`cannot write PATH: No space left on device` and the like: the path and the cause."""
+    cause = e.strerror or str(e)
+    if e.filename is None:
+        return f"file system error: {cause}"
+    path = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    verb = "cannot write" if e.errno in _WRITE_ERRNOS else "cannot use"
+    hint = {errno.ENOSPC: "; free some space and run the same command again (the last good "
+                          "files were kept)",
+            _EDQUOT: "; free some space and run the same command again",
+            errno.EROFS: "; choose a writable folder",
+            errno.ENOTDIR: "; a part of that path is a file, not a folder",
+            errno.EEXIST: "; it is a file where a folder is needed"}.get(e.errno, "")
+    return f"{verb} {path}: {cause}{hint}"
 
 
 def _list_item(tp: Any) -> type | None:
@@ -106,6 +133,8 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
             *_flag_names(f.name, hints[f.name]),
             help=f.metadata.get("help", "") + extra,
             show_default=False,
+            # A flag takes no value: an empty metavar keeps typer from showing `<bool>` beside it.
+            **({"metavar": ""} if hints[f.name] is bool else {}),
         )
         params.append(
             inspect.Parameter(

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from kdpipe import atomic
+from kdpipe import atomic, runlock
 from kdpipe.bench.config import BenchConfig
 from kdpipe.config import (
     Partial,
@@ -35,6 +35,8 @@ from kdpipe.errors import KdpipeError
 from kdpipe.export.config import ExportConfig
 from kdpipe.models import file_sha256
 from kdpipe.progress import console
+from kdpipe.report.recommend import Constraints
+from kdpipe.report.records import load_train_summary, run_line
 from kdpipe.train.config import DistillConfig, TrainConfig
 
 DEFAULT_CONFIG = "quickstart"
@@ -80,6 +82,23 @@ class PipelineConfig:
     bench: BenchConfig = option(help="`kdpipe bench` options (batch_sizes, iters, ...); data and "
                                 "out come from the pipeline", factory=BenchConfig)
     progress: bool = option(True, "show progress bars")
+    # what to ship: index.md recommends the most accurate artifact within these (None: no limit;
+    # then [bench]'s own limits apply). Report-only: no stage reruns when they change.
+    min_top1: float | None = option(None, "recommend only artifacts of at least this top-1 (%)",
+                                    result=False)
+    max_latency_ms: float | None = option(None, "recommend only artifacts whose batch-1 p50 is "
+                                          "at most this many milliseconds", result=False)
+    max_size_mb: float | None = option(None, "recommend only artifacts of at most this size in "
+                                       "MiB (2**20 bytes)", result=False)
+
+    def constraints(self) -> Constraints:
+        """The limits on the report's recommendation: these fields, else `bench`'s."""
+        def pick(name: str) -> float | None:
+            own = getattr(self, name)
+            return own if own is not None else getattr(self.bench, name)
+
+        return Constraints(min_top1=pick("min_top1"), max_latency_ms=pick("max_latency_ms"),
+                           max_size_mb=pick("max_size_mb"))
 
 
 # ---------------------------------------------------------------- configuration
@@ -162,16 +181,19 @@ def content_hash(spec: Any) -> str:
 def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -> bool:
     """Run `work(resume)` in `folder` unless a complete run with the same `spec` is there.
 
-    Returns True when it ran. A folder left by another spec is cleared first, so stale files
-    never mix with new ones; an incomplete one with the same spec is resumed.
+    Returns True when it ran. A stage folder of kdpipe's left by another spec is cleared first,
+    so stale files never mix with new ones; an incomplete one with the same spec is resumed. A
+    folder kdpipe did not create (files but no `stage.json`) is refused, never deleted: kdpipe
+    writes `stage.json` before anything else, so only a user's own files lack it.
     """
     marker = folder / "stage.json"
     key = content_hash(spec)
-    state = json.loads(marker.read_text()) if marker.exists() else None
+    state = _stage_state(folder)
     if state and state["hash"] == key and state["complete"]:
         console.print(f"[dim]{folder.name}: up to date, skipped[/]")
         return False
-    if state and state["hash"] != key or (folder.exists() and not state):
+    if state and state["hash"] != key:
+        console.print(f"[dim]{folder.name}: its inputs or settings changed, redone[/]")
         shutil.rmtree(folder)
     resume = state is not None and state["hash"] == key
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +201,25 @@ def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -
     work(resume)
     atomic.write_json(marker, {"hash": key, "complete": True, "spec": spec})
     return True
+
+
+def _stage_state(folder: Path) -> dict[str, Any] | None:
+    """The `stage.json` of a kdpipe stage folder; None for a missing or empty folder; a
+    `KdpipeError` for a folder that holds files kdpipe did not write."""
+    marker = folder / "stage.json"
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    try:
+        state = json.loads(marker.read_text())
+        if isinstance(state, dict) and isinstance(state.get("hash"), str):
+            return state
+    except (OSError, ValueError):
+        pass
+    what = "a file" if not folder.is_dir() else (
+        "a folder kdpipe did not create (it has no kdpipe stage.json), holding "
+        + ", ".join(sorted(p.name for p in folder.iterdir())[:5]))
+    raise KdpipeError(f"{folder} is {what}; the pipeline keeps a stage there and deletes only "
+                      "what it wrote: move it out of the way, or choose another --out")
 
 
 # ---------------------------------------------------------------- the stages
@@ -320,7 +361,15 @@ def _sha(path: Path) -> str:
 
 # ---------------------------------------------------------------- entry point
 def run_pipeline(config: PipelineConfig) -> Path:
-    """Run (or resume) every stage; returns the path of the report's `index.md`."""
+    """Run (or resume) every stage; returns the path of the report's `index.md`.
+
+    `out` is locked for the whole run: a second pipeline on it is refused, not interleaved.
+    """
+    with runlock.hold(config.out, purpose="--out"):
+        return _run_stages(config)
+
+
+def _run_stages(config: PipelineConfig) -> Path:
     from kdpipe.report.pipeline_report import write_pipeline_report
 
     data, teacher = resolve_inputs(config)
@@ -329,6 +378,9 @@ def run_pipeline(config: PipelineConfig) -> Path:
     atomic.write_json(out / "config.json", to_dict(config))
     console.rule("[bold]1/3 distill")
     students = train_students(config, data, teacher)
+    for name, checkpoint in students.items():  # one line per run, skipped (up-to-date) ones too
+        console.print(run_line(name, load_train_summary(checkpoint.parent).to_json()),
+                      highlight=False)
     models = {"teacher": teacher, **students} if config.export_teacher else dict(students)
     console.rule("[bold]2/3 export")
     artifacts, failed = export_models(config, data, models) if config.export else ([], [])
@@ -336,7 +388,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
     bench = bench_everything(config, data, [*models.values(), *artifacts])
     index = write_pipeline_report(out, config=to_dict(config), teacher=teacher,
                                   students=students, artifacts=artifacts, bench_dir=bench,
-                                  failed=[asdict(f) for f in failed])
+                                  failed=[asdict(f) for f in failed],
+                                  constraints=config.constraints())
     if failed:
         raise PipelineIncomplete(index, failed)
     return index

@@ -43,12 +43,11 @@ import hashlib
 import itertools
 import json
 import re
-import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kdpipe import atomic
+from kdpipe import atomic, runlock
 from kdpipe.config import (
     find_config_file,
     from_dict,
@@ -60,12 +59,13 @@ from kdpipe.config import (
     to_dict,
 )
 from kdpipe.errors import KdpipeError
+from kdpipe.executors.base import Work
 from kdpipe.progress import console
 from kdpipe.report.records import SweepRow, load_train_summary
 from kdpipe.report.sweep_report import format_value, write_report
 from kdpipe.train.config import DistillConfig
 from kdpipe.train.distill import distill, resolve_student
-from kdpipe.train.methods import METHODS, label, reads
+from kdpipe.train.methods import METHODS, label, needs_teacher, reads
 
 CELL_FILE = "cell.json"
 # Options that change where or how a cell runs, not its result (`option(..., result=False)`):
@@ -83,6 +83,13 @@ class SweepOptions:
     out: str | None = option(None, "sweep folder [default: the file's out]", result=False)
     dry_run: bool = option(False, "list the cells and whether each is done; run none",
                            result=False)
+    executor: str = option("local", "where cells run: local (one after another, here) or ray "
+                           "(parallel Ray tasks; needs pip install 'kdpipe[ray]')", result=False)
+    ray_address: str | None = option(None, "Ray cluster to join (auto, ray://host:10001) "
+                                     "[default: start a local Ray instance]", result=False)
+    shared_storage: bool = option(False, "confirm the sweep folder is on a filesystem every Ray "
+                                  "node mounts at the same path (needed on a multi-node "
+                                  "cluster)", result=False)
 
 
 @dataclass
@@ -94,6 +101,7 @@ class SweepFile:
     seeds: list[int] | None = None
     out: str | None = None
     title: str = ""
+    resources: dict = field(default_factory=dict)  # per cell under Ray: num_cpus, num_gpus
 
 
 @dataclass
@@ -239,14 +247,21 @@ def run_cell(cell: Cell) -> None:
     (cell.folder / "error.txt").unlink(missing_ok=True)
 
 
-def run_sweep(path: str | Path, *, out: str | Path | None = None,
-              dry_run: bool = False) -> dict[str, Any]:
+def run_sweep(path: str | Path, *, out: str | Path | None = None, dry_run: bool = False,
+              executor: str = "local", ray_address: str | None = None,
+              shared_storage: bool = False) -> dict[str, Any]:
     """Run every unfinished cell of the sweep file `path`, then write the report.
 
     Returns `{"out", "cells", "ran", "skipped", "failed", "files"}`. Ctrl-C stops the sweep (the
     running cell keeps its `last.pt`); any other failure of a cell is recorded and the sweep goes
-    on, then ends with a `KdpipeError` naming the failed cells.
+    on, then ends with a `KdpipeError` naming the failed cells. `executor` is where the cells run:
+    `local` (one after another, here) or `ray` (tasks on a local Ray instance, or on the cluster
+    at `ray_address`; see `kdpipe.executors.ray_executor`).
     """
+    from kdpipe.executors import EXECUTORS
+
+    runner = EXECUTORS.get(executor)(address=ray_address, shared_storage=shared_storage,
+                                     **read_sweep(path).resources)
     spec = read_sweep(path)
     root = Path(out or spec.out or f"runs/sweep-{Path(path).stem}")
     cells = expand(spec, root)
@@ -257,25 +272,46 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None,
         for cell in cells:
             console.print(f"{cell.name}: {'done' if done[cell.name] else 'to run'}")
         return result
-    for i, cell in enumerate(cells, 1):
-        if done[cell.name]:
-            result["skipped"].append(cell.name)
-            continue
-        console.print(f"[bold]cell {i}/{len(cells)}: {cell.name}[/]")
-        try:
-            run_cell(cell)
-            result["ran"].append(cell.name)
-        except Exception as e:  # one broken cell must not cost the night's other cells
-            result["failed"][cell.name] = f"{type(e).__name__}: {e}"
-            atomic.write_text(cell.folder / "error.txt", traceback.format_exc())
-            console.print(f"[red]cell {cell.name} failed:[/] {e}")
+    # One sweep per folder for its whole run (each cell's trainer locks its own folder too).
+    with runlock.hold(root, purpose="--out"):
+        return _run_cells(spec, root, cells, done, result, runner)
+
+
+def _run_cells(spec: SweepFile, root: Path, cells: list[Cell], done: dict[str, bool],
+               result: dict[str, Any], runner: Any) -> dict[str, Any]:
+    """The body of `run_sweep`, under its lock: the executor runs the unfinished cells and the
+    report is rewritten after each one."""
+    result["skipped"] = [c.name for c in cells if done[c.name]]
+    work = plan_work([c for c in cells if not done[c.name]])
+
+    def report(_: str) -> None:
         result["files"] = write_report(root, collect(cells), spec.title)
+
+    outcome = runner.run(work, run_cell, on_done=report)
+    result["ran"] = [name for name, error in outcome.items() if error is None]
+    result["failed"] = {name: error for name, error in outcome.items() if error is not None}
     result["files"] = write_report(root, collect(cells), spec.title)
     if result["failed"]:
         listed = "; ".join(f"{k}: {v}" for k, v in result["failed"].items())
         raise KdpipeError(f"{len(result['failed'])} of {len(cells)} cells failed ({listed}); "
                           f"see error.txt in their folders under {root}, then run the sweep again")
     return result
+
+
+def plan_work(cells: list[Cell]) -> list[Work]:
+    """The cells as executor work, in order; a cell reading a teacher cache that an earlier cell
+    of this run fills (same cache folder, same seed) waits for that cell."""
+    fillers: dict[tuple[str, int], str] = {}
+    work = []
+    for cell in cells:
+        c = cell.config
+        cached = c.teacher_cache and needs_teacher(c.method)
+        key = (str(c.teacher_cache), c.seed) if cached else None
+        after = fillers.get(key) if key else None
+        if key and key not in fillers:
+            fillers[key] = cell.name
+        work.append(Work(name=cell.name, folder=cell.folder, cell=cell, after=after))
+    return work
 
 
 # --------------------------------------------------------------------------- results

@@ -33,7 +33,7 @@ runner = CliRunner()
 MODEL = "plaincnn_student"  # the smallest registered model (0.07M parameters)
 ROW_FIELDS = ["name", "runtime", "format", "quantization", "top1", "params", "macs", "size_bytes",
               "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mb",
-              "status", "reason"]
+              "status", "reason", "spread", "noisy"]  # spread and noisy: schema v2
 
 
 # ---------------------------------------------------------------- tiny artifacts and data
@@ -324,3 +324,27 @@ def test_list_shows_every_registry_with_availability():
     cpu = training_devices()[0]
     assert cpu["name"] == "cpu" and cpu["bf16"] == native_bf16(torch.device("cpu"))
     assert cpu["default precision"] == ("bf16 autocast" if cpu["bf16"] else "fp32")
+
+
+def test_a_glob_with_sidecars_benches_the_artifacts_and_prints_a_table(tiny, tmp_path):
+    out = tmp_path / "bench"
+    onnx = tiny["onnx"]
+    # `kdpipe bench export/*`: the shell passes each artifact and its .json sidecar
+    result = invoke("bench", onnx, sidecar_path(onnx), "--runtimes", "onnxruntime",
+                    "--batch-sizes", 1, "--warmup", 1, "--iters", 3, "--min-time-s", 0,
+                    "--no-accuracy", "--no-memory", "--no-progress", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert {r.name for r in load_bench_report(out / "bench.json").rows} == {
+        f"{onnx.parent.name}/{onnx.name}"}
+    table = result.output[:result.output.index("report:")]
+    assert "artifact" in table and "p50 ms" in table and "img/s" in table
+    assert f"{onnx.parent.name}/{onnx.name}  onnxruntime" in table
+    assert "## Recommendation" in (out / "bench.md").read_text()
+
+
+def test_a_sidecar_alone_is_still_refused(tiny, tmp_path):
+    from kdpipe.bench.bench import without_sidecars
+
+    onnx = tiny["onnx"]
+    assert without_sidecars([onnx, sidecar_path(onnx)]) == [onnx]
+    assert without_sidecars([sidecar_path(onnx)]) == [sidecar_path(onnx)]

@@ -118,3 +118,26 @@ def test_shared_resnet20_scores_about_81_percent_on_the_jpeg_test_set():
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_every_command_has_help(command):
     assert invoke(command, "--help").exit_code == 0
+
+
+def test_epoch_lines_name_the_run_and_a_finished_resume_says_complete(tmp_path):
+    root = image_folder(tmp_path)
+    out = tmp_path / "myrun"
+    args = ("train", "--model", "plaincnn_student", "--data", root, "--epochs", "1",
+            "--batch-size", "20", "--device", "cpu", "--no-progress", "--out", out)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "[myrun] epoch 1/1" in result.output
+    assert "myrun: top-1 " in result.output and "1 epoch," in result.output  # not "1 epochs"
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "is complete" in result.output
+    assert "resuming" not in result.output
+
+
+def test_flags_show_no_bool_metavar():
+    result = invoke("bench", "--help")
+    assert result.exit_code == 0
+    assert "--no-accuracy" in result.output
+    line = next(ln for ln in result.output.splitlines() if "--no-accuracy" in ln)
+    assert "<bool>" not in line

@@ -15,6 +15,7 @@ from kdpipe.cli import app
 from kdpipe.deploy import bundle
 from kdpipe.deploy.bundle import build_bundle
 from kdpipe.errors import KdpipeError
+from kdpipe.export.metadata import artifact_sha256, path_size
 from kdpipe.runtime import runtime
 from kdpipe.runtime.artifact import open_artifact
 
@@ -76,7 +77,8 @@ def test_core_ml_bundle_carries_a_swift_snippet(tiny, tmp_path):
     (package / "Manifest.json").write_text("{}")
     sidecar(package, tiny["onnx"], format="coreml", runtime="coreml", input_name="image",
             output_name="classLabel_probs", output_kind="probabilities",
-            label_output_name="classLabel", batch_sizes=[1], dynamic_batch=False)
+            label_output_name="classLabel", batch_sizes=[1], dynamic_batch=False,
+            size_bytes=path_size(package), sha256=artifact_sha256(package))  # what deploy checks
     out = build_bundle(package, tmp_path / "ios")
     assert (out / "student.mlpackage" / "Manifest.json").is_file()
     swift = (out / "Classify.swift").read_text()
@@ -153,3 +155,13 @@ def test_ort_bundle_carries_phone_snippets_and_says_when_a_phone_cannot_accelera
     image = picture(tmp_path / "photo.png")
     label = run_snippet(out, "predict.py", image)
     assert label in CIFAR10_CLASSES
+
+
+def test_the_bundle_runs_from_another_working_folder(tiny, tmp_path):
+    out = tmp_path / "bundle"
+    build_bundle(tiny["onnx"], out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # predict.py finds labels.txt and the model beside itself, not in the working folder
+    label = run_snippet(elsewhere, str(out / "predict.py"), picture(tmp_path / "photo.png"))
+    assert label in (out / "labels.txt").read_text().splitlines()

@@ -587,3 +587,17 @@ def test_failing_parity_leaves_no_artifact(random_checkpoint, image_folder, tmp_
                      parity_size=20)
     assert failed.value.results[0].status == "failed"
     assert list(out.iterdir()) == []
+
+
+def test_a_mixed_request_does_every_supported_pair_and_lists_the_rest(monkeypatch):
+    monkeypatch.setattr(base, "package_available", lambda name: True)
+    jobs, skipped = plan(ExportConfig(target="torchscript,onnx,executorch",
+                                      quantize="none,fp16,int8"))
+    done = {(j.target.name, j.quantize) for j in jobs}
+    assert {("torchscript", "none"), ("onnx", "fp16"), ("executorch", "int8")} <= done
+    reasons = {(t, q): why for t, q, why in skipped}
+    assert "supports: none" in reasons["torchscript", "int8"]
+    assert "supports: none, int8" in reasons["executorch", "fp16"]
+    assert not done & set(reasons)
+    with pytest.raises(KdpipeError, match="supports: none"):  # one explicit pair: still an error
+        plan(ExportConfig(target="torchscript", quantize="int8"))

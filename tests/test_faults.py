@@ -279,6 +279,9 @@ def test_full_disks_a_last_pt_that_does_not_fit_and_a_cache_dir_without_room(
     assert shown.count("could not write the image cache") == 1 and str(cache) in shown, shown
     assert "epoch 1/3" in shown  # it went on without the cache
     assert proc.returncode != 0, shown  # then last.pt of epoch 2 did not fit
+    # ... said in one line naming the file and the cause (torch's own error names neither)
+    assert "Traceback" not in shown and "PytorchStreamWriter" not in shown, shown
+    assert f"cannot write {disk / 'run' / 'last.pt'}: No space left on device" in shown, shown
     assert position(kept) == (1, 0)  # the last good save survives the failed one
     assert [r["epoch"] for r in rows(kept)] == [1]
     rc, output = run_child(env, train_args(images, kept, "--resume"))

@@ -285,12 +285,15 @@ def test_every_row_of_an_emulated_device_says_so_beside_its_latency():
 def test_int8_of_the_pretrained_resnet20_passes_the_gate(target, tmp_path):
     if _missing(target):
         pytest.skip(_missing(target))
-    data = real_subset(train_per_class=26, test_per_class=50)
+    # kdpipe's defaults (512 calibration, 1,000 parity images): OpenVINO's NNCF int8 sits near
+    # the 97% agreement gate (96.8% with 256 and 500), so the test checks the setting users get.
+    data = real_subset(train_per_class=52, test_per_class=100)
     (result,) = _export(PRETRAINED, target, "int8", tmp_path, dataset=data,
-                        calibration_size=256, parity_size=500, batch_sizes="1")
+                        calibration_size=512, parity_size=1000, batch_sizes="1")
     p = result.parity
-    assert result.status == "ok" and p.passed and p.n == 500, p.reason
+    assert result.status == "ok" and p.passed and p.n == 1000, p.reason
     assert p.top1_agreement >= 97.0 and p.pytorch_top1 - p.artifact_top1 <= 1.0
+    assert p.max_abs_logit_diff < 10  # logits, not raw int8 values (LiteRT's output is int8)
     assert result.metadata.size_bytes < 0.4 * 1.1e6  # int8 weights: ~0.3 MB of a 1.1 MB fp32 file
-    assert json.loads(json.dumps(result.metadata.calibration))["n"] == 256
+    assert json.loads(json.dumps(result.metadata.calibration))["n"] == 512
     assert os.path.basename(str(result.path)).startswith("resnet20.int8")

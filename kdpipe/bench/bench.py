@@ -32,6 +32,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.models import check_fits_data
 from kdpipe.progress import progress_bar
 from kdpipe.report.bench_report import write_bench_report
+from kdpipe.report.recommend import Constraints
 from kdpipe.report.schema import BenchReport, BenchRow
 from kdpipe.runtime import Runtime, runtimes_for
 from kdpipe.runtime.artifact import Artifact, open_artifact
@@ -44,7 +45,7 @@ def run_bench(paths: Sequence[str | Path],
     """Bench every file, write the report into `config.out`; returns it and its file paths."""
     if not paths:
         raise KdpipeError("nothing to bench: pass one or more artifacts or checkpoints")
-    artifacts = [open_artifact(p) for p in paths]
+    artifacts = [open_artifact(p) for p in without_sidecars(paths)]
     work = [(a, r) for a in artifacts for r in runtimes_for(a, config.runtimes or None)]
     unrun = [a for a in artifacts if not any(a is w for w, _ in work)]
     images = load_test_images(config, artifacts) if _wants_images(config) else None
@@ -68,7 +69,22 @@ def run_bench(paths: Sequence[str | Path],
             rows=rows,
             created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
-    return report, write_bench_report(report, config.out)
+    return report, write_bench_report(report, config.out, constraints(config))
+
+
+def constraints(config: BenchConfig) -> Constraints:
+    """The user's limits on what the report recommends."""
+    return Constraints(min_top1=config.min_top1, max_latency_ms=config.max_latency_ms,
+                       max_size_mb=config.max_size_mb)
+
+
+def without_sidecars(paths: Sequence[str | Path]) -> list[Path]:
+    """`paths` less each `<artifact>.json` sidecar given together with its artifact, so that a
+    shell glob (`kdpipe bench export/*`) benches the files, not their metadata. A sidecar alone
+    is kept, and refused by `open_artifact` with the reason."""
+    given = {Path(p) for p in paths}
+    return [Path(p) for p in paths
+            if not (Path(p).suffix == ".json" and Path(p).with_suffix("") in given)]
 
 
 def bench_all(device: Device, work: list[tuple[Artifact, Runtime]], plan: Plan,
@@ -109,6 +125,13 @@ def rows_of(artifact: Artifact, runtime_label: str, batch_sizes: Sequence[int],
                                  p99_ms=stats.p99_ms, throughput_ips=stats.throughput_ips,
                                  peak_rss_mb=outcome.peak_rss_mb, reason=outcome.reason))
     return rows
+
+
+def failed_runs(report: BenchReport) -> list[tuple[str, str, str]]:
+    """(file, runtime, reason) of every run that should have worked and did not, once each
+    (its rows, one per batch size, share the reason)."""
+    return list(dict.fromkeys((r.name, r.runtime, r.reason) for r in report.rows
+                              if r.status == "failed"))
 
 
 def load_test_images(config: BenchConfig, artifacts: list[Artifact]) -> LabelledImages:

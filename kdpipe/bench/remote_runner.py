@@ -137,17 +137,22 @@ def load_executorch(path, threads):
 def load_litert(path, threads):
     """LiteRT's Interpreter (XNNPACK by default). kdpipe's .tflite files have a static batch:
     bench runs only their own batch size, and resizing their input would compute garbage."""
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     feed = interpreter.get_input_details()[0]["index"]
-    fetch = interpreter.get_output_details()[0]["index"]
+    output = interpreter.get_output_details()[0]
+    fetch = output["index"]
+    scale, zero_point = output["quantization"]
+    quantized = np.dtype(output["dtype"]) != np.float32  # an int8 file's int8 logits
 
     def run(x):
         interpreter.set_tensor(feed, x)
         interpreter.invoke()
-        return interpreter.get_tensor(fetch)
+        out = interpreter.get_tensor(fetch)
+        return (out.astype(np.float32) - zero_point) * np.float32(scale) if quantized else out
 
     return run
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from kdpipe.atomic import atomic_path
 from kdpipe.deploy.snippets import SNIPPETS, Snippets
 from kdpipe.errors import KdpipeError
-from kdpipe.export.metadata import companion_files
+from kdpipe.export.metadata import artifact_sha256, companion_files, path_size
 from kdpipe.progress import console
 from kdpipe.runtime import Runtime, runtimes_for
 from kdpipe.runtime.artifact import CHECKPOINT, Artifact, open_artifact, sidecar_path
@@ -33,6 +33,7 @@ def build_bundle(path: str | Path, out: str | Path) -> Path:
     artifact = open_artifact(path)
     runtime = snippet_runtime(artifact)
     out = Path(out)
+    _check_intact(artifact)
     _check_replaceable(out)
     snippets = SNIPPETS.get(runtime.name)(artifact)
     snippet_file = SNIPPET_FILES[snippets.language]
@@ -157,6 +158,22 @@ def _copy(src: Path, dest: Path) -> None:
         shutil.copytree(src, dest)
     else:
         shutil.copy2(src, dest)
+
+
+def _check_intact(artifact: Artifact) -> None:
+    """Refuse a file that is not the one its sidecar describes (cut short by a full disk or a
+    broken copy, or replaced): an app would ship it and fail on the phone."""
+    if not sidecar_path(artifact.path).is_file():
+        return  # metadata embedded in the file itself: no size or hash to hold it to
+    size, sha = artifact.metadata.get("size_bytes"), artifact.metadata.get("sha256")
+    sidecar = sidecar_path(artifact.path).name
+    again = "re-export it or copy it again, with its sidecar"
+    if size and path_size(artifact.path) != size:
+        raise KdpipeError(f"{artifact.path} is {path_size(artifact.path)} bytes but {sidecar} "
+                          f"says {size}: the file is truncated or not the one exported; {again}")
+    if sha and artifact_sha256(artifact.path) != sha:
+        raise KdpipeError(f"{artifact.path} does not match the sha256 in {sidecar}: the file is "
+                          f"damaged or not the one exported; {again}")
 
 
 def _check_replaceable(out: Path) -> None:

@@ -176,6 +176,11 @@ def litert_kotlin_snippet(artifact: Artifact) -> str:
     _, height, width = artifact.input_shape
     batch = artifact.batch_sizes[0] if artifact.batch_sizes else 1
     classes = len(artifact.classes)
+    output = (f"        // int8 logits (scale and zero point in getOutputTensor(0)"
+              ".quantizationParams()):\n        // the argmax needs no dequantization\n"
+              f"        val logits = Array(BATCH) {{ ByteArray({classes}) }}"
+              if artifact.quantization == "int8"
+              else f"        val logits = Array(BATCH) {{ FloatArray({classes}) }}")
     return f'''// Classifies one image with {artifact.name} on Android with LiteRT (TF Lite).
 // Gradle: implementation("com.google.ai.edge.litert:litert:<version>")
 // Ship {artifact.name} and labels.txt as assets; pass the model memory-mapped, e.g.
@@ -209,7 +214,7 @@ class Classifier(model: ByteBuffer, private val labels: List<String>, threads: I
             }}
         }}
         input.rewind()
-        val logits = Array(BATCH) {{ FloatArray({classes}) }}
+{output}
         interpreter.run(input, logits)
         return labels[logits[0].indices.maxBy {{ logits[0][it] }}]
     }}
@@ -231,7 +236,10 @@ def litert_snippets(artifact: Artifact) -> Snippets:
         f"{repeat}"
         'interpreter.set_tensor(inp["index"], x)\n'
         "interpreter.invoke()\n"
-        'logits = interpreter.get_tensor(out["index"])'))
+        'logits = interpreter.get_tensor(out["index"]).astype(np.float32)\n'
+        'scale, zero_point = out["quantization"]  # int8 files return quantized logits\n'
+        'if out["dtype"] != np.float32:\n'
+        "    logits = (logits - zero_point) * scale"))
     return Snippets("python", text, {"Classifier.kt": litert_kotlin_snippet(artifact)})
 
 

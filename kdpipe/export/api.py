@@ -8,10 +8,14 @@ deleted, never published; the run goes on with the other jobs and then raises `E
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -23,12 +27,14 @@ import torch
 from torch import nn
 
 import kdpipe
-from kdpipe.atomic import atomic_path, write_json
+from kdpipe import runlock
+from kdpipe.atomic import atomic_path, write_failure, write_json
 from kdpipe.config import comma_list, from_dict
 from kdpipe.errors import KdpipeError
 from kdpipe.export.base import PRECISION, Calibration, Exported, Normalized, Target, with_io
 from kdpipe.export.config import ExportConfig, Job, batch_sizes, plan
 from kdpipe.export.metadata import (
+    KIND,
     ArtifactMetadata,
     ParityReport,
     artifact_sha256,
@@ -132,6 +138,7 @@ def run_export(checkpoint: str | os.PathLike[str], config: ExportConfig,
     calibration = _calibration(ds, config) if needs_calibration else None
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _clean_staging(out)
     stem = config.name or meta.model
     for job in jobs:
         results += _run_job(job, wrapped, base, test, calibration, out, stem, sizes)
@@ -186,21 +193,90 @@ def _run_job(job: Job, model: nn.Module, base: ArtifactMetadata, test: ParitySet
                    versions=_versions(target),
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     console.print(f"{target.name} {precision}: exporting", highlight=False)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    name = artifact_name(stem, precision, target.suffix)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    # Locked while in use, so the next export into `out` can tell a killed run's staging folder
+    # (lock free: removed) from a live one's (kept).
+    lock = runlock.acquire(staging)
     try:
         try:
             exported = target.export(model, meta, quantize, calibration if uses_calibration
-                                     else None, staging / artifact_name(stem, precision,
-                                                                        target.suffix),
-                                     batch_sizes)
+                                     else None, staging / name, batch_sizes)
         except Exception as e:  # noqa: BLE001 - one target's failure must not stop the others
+            # A full disk fails the whole run, with its real cause, not this job with whatever
+            # the library made of its truncated file ("Wire format was corrupt").
+            failure = write_failure(e, staging / name)
+            if failure is not None and failure.errno in NO_SPACE:
+                raise OSError(failure.errno, failure.strerror, str(out / name)) from e
             log.exception("export to %s failed", target.name)
-            return [ExportResult(target.name, quantize, "failed",
-                                 reason=f"export failed: {type(e).__name__}: {e}")]
-        return [_check_and_publish(target, quantize, item, meta, test, out, batch_sizes)
-                for item in exported]
+            results = [ExportResult(target.name, quantize, "failed",
+                                    reason=f"export failed: {type(e).__name__}: {e}")]
+        else:
+            results = [_check_and_publish(target, quantize, item, meta, test, out, batch_sizes)
+                       for item in exported]
     finally:
+        lock.release()  # first: Windows cannot delete the open lock file
         shutil.rmtree(staging, ignore_errors=True)
+    if any(r.status == "failed" for r in results):
+        removed = _remove_stale(out, target, precision, stem, base.source_sha256)
+        for r in results:
+            if r.status == "failed" and removed:
+                r.reason += (f"; removed the earlier {', '.join(removed)} of another checkpoint, "
+                             "so it is not taken for this one's")
+    return results
+
+
+STAGING_PREFIX = ".export-"  # tempfile.mkdtemp's folders for one job each, inside --out
+STAGING_GRACE_S = 60  # an unlocked staging folder younger than this may be a starting export's
+NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _clean_staging(out: Path) -> None:
+    """Remove the staging folders that killed exports left in `out` (kdpipe's own, by name);
+    one that a live export holds is left alone."""
+    for folder in sorted(out.glob(STAGING_PREFIX + "*")):
+        if not folder.is_dir():
+            continue
+        locked_before = (folder / runlock.LOCK_NAME).exists()
+        if not locked_before and time.time() - folder.stat().st_mtime < STAGING_GRACE_S:
+            continue  # maybe made a moment ago by an export that has not locked it yet
+        try:
+            runlock.acquire(folder).release()
+        except KdpipeError:  # a live export is using it
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        console.print(f"removed {folder}, the staging folder of an export that was stopped",
+                      highlight=False, soft_wrap=True)
+
+
+def _remove_stale(out: Path, target: Target, precision: str, stem: str,
+                  source_sha256: str) -> list[str]:
+    """Remove the artifacts in `out` that this failed job would have replaced (its file name,
+    or its per-batch-size names) when their sidecar says another checkpoint made them: left
+    there, they would be benched and deployed as this model's. Returns their names."""
+    pattern = re.compile(re.escape(artifact_name(stem, precision, "")) + r"(\.b\d+)?"
+                         + re.escape(target.suffix))
+    removed = []
+    for sidecar in sorted(out.glob("*.json")):
+        try:
+            record = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        artifact = sidecar.with_name(sidecar.name[: -len(".json")])
+        if (not isinstance(record, dict) or record.get("kind") != KIND
+                or not pattern.fullmatch(artifact.name)
+                or record.get("source_sha256") in (None, source_sha256)):
+            continue
+        for path in (artifact, *companion_files(artifact), sidecar):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        console.print(f"removed {artifact} and its sidecar: exported from another checkpoint "
+                      f"(sha256 {str(record.get('source_sha256'))[:12]}...)", highlight=False,
+                      soft_wrap=True)
+        removed.append(artifact.name)
+    return removed
 
 
 def _check_and_publish(target: Target, quantize: str, exported: Exported,
@@ -218,6 +294,8 @@ def _check_and_publish(target: Target, quantize: str, exported: Exported,
     dest = out / exported.path.name
     full = replace(full, file=dest.name, size_bytes=path_size(exported.path),
                    sha256=artifact_sha256(exported.path), parity=parity, notes=notes)
+    # The old sidecar goes before its file is replaced: never a new file under an old record.
+    sidecar_path(dest).unlink(missing_ok=True)
     # Companion files (an OpenVINO IR's weights) go first, so a published graph has its weights.
     for companion in companion_files(exported.path):
         with atomic_path(out / companion.name) as tmp:

@@ -2,8 +2,9 @@
 
 `plan(config)` turns the requested targets and quantizations into (target, quantize) jobs and
 refuses, in one message and before any work, an unknown name, an unsupported combination or a
-missing optional package. With `--target all` those are skipped with the reason instead, so
-`all` means "everything this installation can export".
+missing optional package. With `--target all`, or several targets or quantizations at once, the
+pairs that cannot be done are skipped with the reason instead, so `all` means "everything this
+installation can export" and `--target onnx,executorch --quantize fp16,int8` does each pair it can.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
                           f"{', '.join(TARGETS.names())}, or all")
     targets = [TARGETS.get(n) for n in (TARGETS.names() if everything else names)]
     requested = _quantizations(config.quantize)
+    # Several (target, quantize) pairs asked at once: do what can be done and list the rest,
+    # as `all` does. Only a single explicit pair that cannot be done is an error.
+    lenient = everything or len(targets) * max(len(requested), 1) > 1
     jobs, skipped, refusals = [], [], []
     for target in targets:
         ok, missing = target.available()
@@ -70,7 +74,7 @@ def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
             why = missing if not ok else target.refusal(quantize)
             if why is None:
                 jobs.append(Job(target, quantize))
-            elif everything:
+            elif lenient:
                 skipped.append((target.name, quantize, why))
             elif why not in refusals:
                 refusals.append(why)

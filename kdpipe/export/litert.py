@@ -8,8 +8,10 @@ dynamic batch dimension), so each requested batch size gets its own file (`batch
 - fp16: ai-edge-quantizer's weight-only FLOAT_CASTING: float16 weights, dequantized by the
   runtime (XNNPACK keeps them fp16 where the CPU computes in fp16); float32 input and output.
 - int8: PT2E static quantization with litert-torch's quantizer (int8 symmetric per-channel
-  weights, int8 activations calibrated on training images), lowered with its `QuantConfig`; the
-  input and output stay float32, so an app feeds the same tensor at every precision.
+  weights, int8 activations calibrated on training images), lowered with its `QuantConfig`. The
+  input stays float32, so an app feeds the same tensor at every precision; the output is the
+  last layer's int8 logits with their scale and zero point (argmax needs no dequantization;
+  `kdpipe.runtime.litert` dequantizes them).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from kdpipe.export.metadata import ArtifactMetadata
 FP16_DETAIL = ("float16 weights (ai-edge-quantizer weight-only FLOAT_CASTING), float32 input "
                "and output")
 INT8_DETAIL = ("PT2E static quantization (litert_torch PT2EQuantizer): int8 symmetric per-channel "
-               "weights, int8 activations calibrated on training images; float32 input and output")
+               "weights, int8 activations calibrated on training images; float32 input, int8 "
+               "output logits with a scale and zero point")
 DETAILS = {"none": "", "fp16": FP16_DETAIL, "int8": INT8_DETAIL}
 CALIBRATION_BATCH = 64
 
@@ -50,7 +53,7 @@ class LiteRtTarget(Target):
     quantizations = {
         "none": "fp32, XNNPACK",
         "fp16": "fp16 weights, fp32 I/O",
-        "int8": "PT2E static, per-channel, calibrated; fp32 I/O",
+        "int8": "PT2E static, per-channel, calibrated; fp32 in, int8 out",
     }
     package = "litert_torch"
     extra = "litert"

@@ -1,6 +1,6 @@
-"""Write a `BenchReport` as `bench.md` (a table for people), `bench.json` (schema v1, for
-programs), `bench.csv` (the rows' raw fields, for spreadsheets) and `bench.png` (accuracy vs
-batch-1 latency with the Pareto front).
+"""Write a `BenchReport` as `bench.md` (a table for people, ending with what to ship),
+`bench.json` (schema v2, for programs), `bench.csv` (the rows' raw fields, for spreadsheets)
+and `bench.png` (accuracy vs batch-1 latency with the Pareto front).
 
 All are rendered in memory first and then each written atomically, so a failure while
 rendering leaves no partial report, and a reader never sees a half-written file.
@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
+from kdpipe.report import recommend
 from kdpipe.report.plot import accuracy_latency_png
-from kdpipe.report.schema import BenchReport, BenchRow
+from kdpipe.report.recommend import Constraints
+from kdpipe.report.schema import NOISY_SPREAD, BenchReport, BenchRow
 from kdpipe.report.table import csv_text, markdown_table
+
+NOISY_NOTE = "noisy: the machine was busy; rerun"
 
 # The reason every row measured on an emulated device carries (set by the ssh device).
 EMULATED_NOTE = "emulated (qemu): latency not representative"
@@ -39,19 +43,23 @@ COLUMNS: list[tuple[str, str, Callable[[BenchRow], str]]] = [
     ("p50_ms", "p50 ms", lambda r: _num(r.p50_ms, "{:.3f}") + _emulated(r)),
     ("p90_ms", "p90 ms", lambda r: _num(r.p90_ms, "{:.3f}")),
     ("p99_ms", "p99 ms", lambda r: _num(r.p99_ms, "{:.3f}")),
+    ("spread", "p90/p50", lambda r: _num(r.spread, "{:.2f}") + (f" ({NOISY_NOTE})"
+                                                                if r.noisy else "")),
     ("throughput_ips", "img/s", lambda r: _num(r.throughput_ips, "{:,.0f}")),
     ("peak_rss_mb", "peak RSS MiB", lambda r: _num(r.peak_rss_mb, "{:.0f}")),
     ("status", "status", lambda r: r.status if not r.reason else f"{r.status}: {r.reason}"),
 ]
 
 
-def write_bench_report(report: BenchReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write the report files into `out_dir`; returns their paths by kind."""
+def write_bench_report(report: BenchReport, out_dir: str | Path,
+                       constraints: Constraints | None = None) -> dict[str, Path]:
+    """Write the report files into `out_dir`; returns their paths by kind. `constraints` (the
+    user's --min-top1 / --max-latency-ms / --max-size-mb) choose the recommended row."""
     out = Path(out_dir)
     records = [dataclasses.asdict(row) for row in report.rows]
     fields = [(f.name, f.name) for f in dataclasses.fields(BenchRow)]
     rendered = {
-        "markdown": markdown(report).encode("utf-8"),
+        "markdown": markdown(report, constraints).encode("utf-8"),
         "json": (json.dumps(report.to_json(), indent=2) + "\n").encode("utf-8"),
         "csv": csv_text(records, fields).encode("utf-8"),
         "plot": accuracy_latency_png(report.rows, title=plot_title(report)),
@@ -68,12 +76,26 @@ def plot_title(report: BenchReport) -> str:
             f"({report.device})")
 
 
-def markdown(report: BenchReport) -> str:
-    """The report as Markdown: where and how it was measured, the table, then the notes."""
+def markdown(report: BenchReport, constraints: Constraints | None = None) -> str:
+    """The report as Markdown: where and how it was measured, the table, the notes, then what to
+    ship (`recommend`)."""
     lines = ["# kdpipe bench", "", *_header(report), "", bench_table(report.rows)]
-    if report.notes:
-        lines += ["", "Notes:", "", *[f"- {note}" for note in report.notes]]
+    notes = [*report.notes, *timing_notes(report.rows)]
+    if notes:
+        lines += ["", "Notes:", "", *[f"- {note}" for note in notes]]
+    lines += ["", *recommend.markdown(recommend.recommend(report.rows, constraints))]
     return "\n".join(lines) + "\n"
+
+
+def timing_notes(rows: list[BenchRow]) -> list[str]:
+    """Warnings a reader needs before trusting the latency columns."""
+    noisy = sorted({f"{r.name} ({r.runtime})" for r in rows if r.noisy})
+    notes = recommend.latency_disagreements(rows)
+    if noisy:
+        notes.insert(0, f"noisy timing (p90/p50 > {NOISY_SPREAD}) for {', '.join(noisy)}: the "
+                        "machine was busy while timing; rerun on a quiet machine before comparing "
+                        "latencies")
+    return notes
 
 
 def bench_table(rows: list[BenchRow]) -> str:
@@ -152,3 +174,22 @@ def _bytes(value: int | None) -> str:
     if value >= 1 << 20:
         return f"{value / (1 << 20):.2f} MiB"
     return f"{value / 1024:.1f} KiB"
+
+
+def console_table(rows: list[BenchRow]) -> str:
+    """A compact plain-text table for the console (name, runtime, batch, top-1, p50, img/s); the
+    full one is bench.md's. Skipped and failed runs show their status in place of numbers."""
+    header = ("artifact", "runtime", "batch", "top-1 %", "p50 ms", "img/s")
+    lines = [header]
+    for r in rows:
+        if r.status == "ok":
+            p50 = _num(r.p50_ms, "{:.3f}") + (" (noisy)" if r.noisy else "")
+            lines.append((r.name, r.runtime, str(r.batch_size), _num(r.top1, "{:.2f}"), p50,
+                          _num(r.throughput_ips, "{:,.0f}")))
+        else:
+            lines.append((r.name, r.runtime, str(r.batch_size), r.status, "", ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    right = {2, 3, 4, 5}  # numbers align right
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+                               ).rstrip() for line in lines)

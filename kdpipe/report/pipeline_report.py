@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
-from kdpipe.report.bench_report import REPORT_FILES, bench_table
+from kdpipe.report import recommend
+from kdpipe.report.bench_report import REPORT_FILES, bench_table, timing_notes
+from kdpipe.report.recommend import Constraints
 from kdpipe.report.records import TrainSummary, load_train_summary
-from kdpipe.report.schema import load_bench_report
+from kdpipe.report.schema import BenchRow, load_bench_report
 from kdpipe.report.table import markdown_table
 
 SCHEMA_VERSION = 1
@@ -80,15 +82,23 @@ def artifact_rows(artifacts: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def _timing(rows: list[BenchRow]) -> list[str]:
+    """Noisy rows and same-architecture runs that disagree on latency, as a list (or nothing)."""
+    notes = timing_notes(rows)
+    return ["**Latency caveats:**", "", *[f"- {note}" for note in notes], ""] if notes else []
+
+
 FAILED_COLUMNS = [("model", "Model"), ("target", "Target"), ("quantize", "Quantization"),
                   ("reason", "Why it failed (not exported, not benched)")]
 
 
 def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
                           students: dict[str, Path], artifacts: list[Path],
-                          bench_dir: Path, failed: list[dict[str, Any]] | None = None) -> Path:
+                          bench_dir: Path, failed: list[dict[str, Any]] | None = None,
+                          constraints: Constraints | None = None) -> Path:
     """Write `index.md` and `pipeline.json` into `out`; returns the index path. `failed` lists
-    the export jobs that failed (model, target, quantize, reason)."""
+    the export jobs that failed (model, target, quantize, reason); `constraints` choose the
+    recommended artifact at the end."""
     failed = failed or []
     models = model_rows(teacher, students)
     exported = artifact_rows(artifacts)
@@ -107,7 +117,9 @@ def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
         *failures,
         "## 3. Accuracy, size and latency per runtime", "", bench_table(bench.rows), "",
         f"![accuracy vs latency]({plot})", "",
+        *_timing(bench.rows),
         f"Full bench report: `{os.path.relpath(bench_dir / REPORT_FILES['markdown'], out)}`.", "",
+        *recommend.markdown(recommend.recommend(bench.rows, constraints)), "",
     ]
     index = out / "index.md"
     atomic.write_text(index, "\n".join(lines))

@@ -1,9 +1,11 @@
-"""The bench report's JSON schema, version 1: what each field means, in one place.
+"""The bench report's JSON schema, version 2: what each field means, in one place.
 
-`kdpipe bench` writes `bench.json` as one `BenchReport` (below) with `schema_version: 1`. A
-reader checks `schema_version` first (`load_bench_report` does); fields are added only with a new
-version. Every row is a `BenchRow`; its field names are shared with the train summaries and the
-export parity reports (`top1`, `params`, `macs`, `size_bytes`, ...), so one table writer serves all.
+`kdpipe bench` writes `bench.json` as one `BenchReport` (below) with `schema_version: 2`. A
+reader checks `schema_version` first (`load_bench_report` does, and reads every version from 1 on);
+fields are added only with a new version. Version 2 added `BenchRow.spread` and `BenchRow.noisy`
+(a version-1 row gets them computed from its p50 and p90 when it loads). Every row is a
+`BenchRow`; its field names are shared with the train summaries and the export parity reports
+(`top1`, `params`, `macs`, `size_bytes`, ...), so one table writer serves all.
 `docs/latency-protocol.md` explains how the latency fields are measured.
 """
 
@@ -17,10 +19,14 @@ from typing import Any, Literal
 
 from kdpipe.errors import KdpipeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REPORT_KIND = "kdpipe.bench"
 
 Status = Literal["ok", "skipped", "failed"]
+
+# p90/p50 above this says other work shared the CPU while timing: a tenth of the calls took half
+# as long again as the median (a quiet machine stays near 1.1; the protocol's noise is ~10%).
+NOISY_SPREAD = 1.5
 
 
 @dataclass
@@ -46,6 +52,8 @@ class BenchRow:
     - `status`: `ok`, `skipped` (could not run here: `reason` says why and how to fix it) or
       `failed` (it should have run and did not: `reason` has the error).
     - `reason`: empty when `ok` without caveats; otherwise why it was skipped or failed, or a note.
+    - `spread`: p90_ms / p50_ms (None without both), how steady the timing was (v2).
+    - `noisy`: True when `spread` > 1.5: the machine was busy while timing, rerun (v2).
     """
 
     name: str
@@ -64,13 +72,21 @@ class BenchRow:
     peak_rss_mb: float | None = None
     status: Status = "ok"
     reason: str = ""
+    spread: float | None = None
+    noisy: bool = False
+
+    def __post_init__(self) -> None:
+        # Derived here, not by each writer, so every row (and each v1 row read back) carries them.
+        if self.spread is None and self.p50_ms and self.p90_ms is not None:
+            self.spread = round(self.p90_ms / self.p50_ms, 3)
+        self.noisy = self.noisy or (self.spread is not None and self.spread > NOISY_SPREAD)
 
 
 @dataclass
 class BenchReport:
     """One `kdpipe bench` run.
 
-    - `schema_version`: 1. `kind`: `"kdpipe.bench"`.
+    - `schema_version`: 2. `kind`: `"kdpipe.bench"`.
     - `created_utc`: ISO 8601 time the report was written.
     - `device`: `local` or `ssh://host[:port]`, where the numbers were measured.
     - `machine`: the measuring machine: `cpu` (model name), `cpu_count` (logical cores),
@@ -107,11 +123,13 @@ class BenchReport:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> BenchReport:
         version = values.get("schema_version")
-        if values.get("kind") != REPORT_KIND or version != SCHEMA_VERSION:
-            raise KdpipeError(f"not a kdpipe bench report of schema_version {SCHEMA_VERSION} "
+        if (values.get("kind") != REPORT_KIND or not isinstance(version, int)
+                or not 1 <= version <= SCHEMA_VERSION):
+            raise KdpipeError(f"not a kdpipe bench report of schema_version 1 to {SCHEMA_VERSION} "
                               f"(kind={values.get('kind')!r}, schema_version={version!r})")
         rows = [BenchRow(**row) for row in values["rows"]]
-        return cls(**{**values, "rows": rows})
+        # Read as this version: v1's rows got their v2 fields from __post_init__.
+        return cls(**{**values, "rows": rows, "schema_version": SCHEMA_VERSION})
 
 
 def load_bench_report(path: str | Path) -> BenchReport:

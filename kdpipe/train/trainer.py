@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from rich.progress import Progress, TaskID
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -53,6 +54,7 @@ from kdpipe.runinfo import environment
 from kdpipe.train import distributed
 from kdpipe.train.config import TrainConfig
 from kdpipe.train.device import resolve_device
+from kdpipe.train.divergence import run_warnings
 from kdpipe.train.evaluate import evaluate
 from kdpipe.train.precision import precision_name, uses_bf16
 from kdpipe.train.schedule import make_scheduler
@@ -389,11 +391,28 @@ class Trainer:
         self.save_checkpoint()
         atomic.append_jsonl(self.out / "metrics.jsonl", row)
         console.print(
+            escape(f"[{self.run_name}] ") +
             f"epoch {self.epoch}/{self.config.epochs}  loss {row['train_loss']:.3f}  "
             f"train {row['train_top1']:.1f}%  test {row['test_top1']:.2f}%  "
             f"{row['images_per_s']:.0f} img/s"
         )
+        # Only the warnings this epoch added: a diverging run is said once per kind, not per epoch.
+        seen = run_warnings(self.history[:-1], self.compare_test)
+        for kind, message in run_warnings(self.history, self.compare_test).items():
+            if kind not in seen:
+                console.print(f"[bold yellow]warning:[/] {escape(f'[{self.run_name}] {message}')}")
         distributed.barrier(self.dist)
+
+    @property
+    def run_name(self) -> str:
+        """What the console lines name the run by: its folder (`kd`; `fitnets/stage1`)."""
+        stage = "stage" in self.record
+        return f"{self.out.parent.name}/{self.out.name}" if stage else self.out.name
+
+    @property
+    def compare_test(self) -> bool:
+        # A prior stage's loss (FitNets' hint MSE) is not the test loss's kind: not comparable.
+        return "stage" not in self.record
 
     def _epoch_row(self) -> dict[str, Any]:
         stats = self.stats
@@ -483,6 +502,8 @@ class Trainer:
         self.saved_at = (self.epoch, self.batch_in_epoch)
         if self.dist.is_main:
             console.print(
+                f"{self.out} is complete: all {self.epoch} of its epochs are trained"
+                if self.epoch >= self.config.epochs else
                 f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}"
             )
 
@@ -523,6 +544,7 @@ class Trainer:
         })
         if self.dataset.val_images is not None:
             summary.val_top1 = self._evaluate("val")["top1"]
+        summary.warnings = list(run_warnings(self.history, self.compare_test).values())
         save_checkpoint(
             self.out / "model.pt",
             student.to(memory_format=torch.contiguous_format),

@@ -1,0 +1,127 @@
+"""`kdpipe sweep --executor ray`: cells as Ray tasks on a local Ray instance (2 CPUs), run in
+parallel, the same results as the local executor, a killed worker retried and resumed, finished
+cells never rerun, and a clear message where Ray is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kdpipe.cli import app
+from kdpipe.sweep import run_sweep
+
+from .conftest import synthetic_dataset, write_image_folder
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'kdpipe[ray]')")
+
+SWEEP = """
+title = "ray smoke"
+seeds = [0]
+[base]
+student = "plaincnn_student"
+data = "{data}"
+epochs = {epochs}
+batch_size = 16
+device = "cpu"
+threads = 1
+compile = false
+amp = false
+progress = false
+[resources]
+num_cpus = 1
+[[grid]]
+method = ["scratch"]
+lr = [0.05, 0.1]
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def sweep_file(tmp_path: Path, epochs: int = 3) -> Path:
+    data = write_image_folder(synthetic_dataset(n_train=96, n_test=16), tmp_path / "images")
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP.format(data=data, epochs=epochs))
+    return path
+
+
+def summaries(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))}
+
+
+def without_wall_times(out: Path) -> str:
+    """results.md with its last column (wall time, s) blanked: the rest must not depend on where
+    the cells ran."""
+    return re.sub(r"\| [\d.]+ \|$", "| |", (out / "results.md").read_text(), flags=re.M)
+
+
+def test_two_cells_run_in_parallel_with_the_local_executors_results(local_ray, tmp_path):
+    sweep = sweep_file(tmp_path)
+    result = run_sweep(sweep, out=tmp_path / "ray", executor="ray")
+    assert sorted(result["ran"]) == ["scratch-lr=0.05-s0", "scratch-lr=0.1-s0"]
+    on_ray = summaries(tmp_path / "ray")
+    for summary in on_ray.values():
+        assert summary["executor"] == "ray" and summary["node"] and summary["node_id"]
+    # Both ran at once (2 CPUs, 1 per cell): each started before the other finished.
+    (a0, a1), (b0, b1) = [(s["started_s"], s["finished_s"]) for s in on_ray.values()]
+    assert a0 < b1 and b0 < a1
+    # The same cells with the local executor: the same numbers, the same table.
+    run_sweep(sweep, out=tmp_path / "local")
+    local = summaries(tmp_path / "local")
+    assert {k: v["top1"] for k, v in on_ray.items()} == {k: v["top1"] for k, v in local.items()}
+    assert local["scratch-lr=0.1-s0"]["executor"] == "local"
+    assert without_wall_times(tmp_path / "ray") == without_wall_times(tmp_path / "local")
+    # A second run finds both cells finished and runs none.
+    again = run_sweep(sweep, out=tmp_path / "ray", executor="ray")
+    assert again["ran"] == [] and sorted(again["skipped"]) == sorted(result["ran"])
+
+
+def test_a_killed_worker_is_retried_and_the_cell_resumes_from_its_last_epoch(local_ray,
+                                                                            tmp_path):
+    sweep = sweep_file(tmp_path, epochs=4)
+    out = tmp_path / "out"
+    cell = out / "scratch-lr=0.1-s0"
+    killed: list[int] = []
+
+    def kill_after_first_epoch() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            metrics = cell / "metrics.jsonl"
+            lock = cell / "kdpipe.lock"
+            if metrics.exists() and metrics.read_text().count("\n") >= 1 and lock.exists():
+                pid = json.loads(lock.read_text() or "{}").get("pid")
+                if pid and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)  # the Ray worker running the cell
+                    killed.append(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_first_epoch, daemon=True)
+    watcher.start()
+    result = run_sweep(sweep, out=out, executor="ray")
+    watcher.join(timeout=5)
+    assert killed, "the worker was never killed: the test did not exercise a retry"
+    assert "scratch-lr=0.1-s0" in result["ran"] and not result["failed"]
+    rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # resumed: one row per epoch, in order
+    assert json.loads((cell / "summary.json").read_text())["epochs"] == 4
+
+
+def test_without_ray_the_executor_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    sweep = sweep_file(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--executor", "ray"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "pip install 'kdpipe" in result.output and "ray" in result.output

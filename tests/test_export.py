@@ -380,7 +380,7 @@ def test_int8_sidecar_names_its_scheme_the_gate_and_the_cpu(pretrained_int8):
     parity = meta.parity
     assert parity.min_agreement == 97.0 and parity.top1_agreement >= 97.0
     # The integer kernels were compared with the file's float simulation (ORT, optimizations off).
-    assert parity.kernel_agreement is not None and parity.kernel_agreement >= 99.5
+    assert parity.kernel_agreement is not None and parity.kernel_agreement >= 98.0
     assert parity.machine["isa"] == cpu_isa() and parity.machine["runtime"] == "onnxruntime"
     assert parity.machine["runtime_version"] and parity.machine["cpu"]
 
@@ -434,7 +434,7 @@ def test_int8_kernels_that_disagree_with_their_simulation_fail(tmp_path, monkeyp
                      dataset=synthetic_dataset(n_train=64, n_test=40), batch_sizes="1,4")
     (result,) = failed.value.results
     assert "int8 kernels agree with the file's float simulation" in result.reason
-    assert result.metadata.parity.kernel_agreement < 99.5
+    assert result.metadata.parity.kernel_agreement < 98.0
 
 
 def test_batch_1_exports_have_a_static_input_shape(random_checkpoint, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ The rule: an fp32 artifact agrees with PyTorch on >= 99.9% of top-1 predictions;
 (fp16, int8) loses at most 1 point of top-1 accuracy; an int8 one must also agree with PyTorch on
 >= 97% of top-1s (a file can keep its accuracy while changing one prediction in ten, as int8
 kernels that saturate do) and, where the runtime can simulate the file's quantization in float,
-its integer kernels must agree with that simulation on >= 99.5%. All are measured on the same
+its integer kernels must agree with that simulation on >= 98%. All are measured on the same
 stratified test images, fed in the batch sizes the artifact was exported for, and the report
 records the CPU they ran on: an int8 result holds for CPUs with the same instruction sets.
 """
@@ -22,7 +22,10 @@ from kdpipe.runtime.chunks import fit, run_in_chunks
 MIN_AGREEMENT = 99.9  # percent of top-1 predictions, fp32 artifacts
 MAX_TOP1_DROP = 1.0  # points of top-1 accuracy, quantized artifacts
 MIN_INT8_AGREEMENT = 97.0  # percent of top-1 predictions shared with PyTorch, int8 artifacts
-MIN_KERNEL_AGREEMENT = 99.5  # percent, optimized session vs the file's float simulation
+# Percent, optimized session vs the file's float simulation. Saturating U8S8 kernels moved 6-14%
+# of a ResNet20's predictions (max |logit diff| 7-15); sound kernels round a few near-ties the
+# other way (99.85% on ResNet20, 99.0% on 500 images through ResNet56, max |diff| 0.5).
+MIN_KERNEL_AGREEMENT = 98.0
 DEFAULT_CHUNK = 250  # images per call where the batch dimension is dynamic and unbounded
 
 

@@ -19,27 +19,19 @@ from typing import Any
 
 from torch import nn
 
-from kdpipe.export.base import Calibration, Exported, Target, register_target
+from kdpipe.export.base import Calibration, Exported, register_target
 from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
-from kdpipe.export.onnx import DETAILS, write_onnx
+from kdpipe.export.onnx import DETAILS, OnnxTarget, write_onnx
 
 TARGET_PLATFORM = "arm"
 
 
 @register_target
-class OrtTarget(Target):
+class OrtTarget(OnnxTarget):
+    """The `onnx` target's graph, quantizations and runtime, in ORT's flat-buffer format."""
+
     name = "ort"
     suffix = ".ort"
-    runtime = "onnxruntime"
-    libraries = ("onnx", "onnxruntime", "onnxscript")
-    quantizations = {
-        "none": "fp32",
-        "fp16": "fp16 graph, fp32 I/O",
-        "int8": "static QDQ, U8S8 7-bit weights, calibrated",
-    }
-
-    def needs_calibration(self, quantize: str) -> bool:
-        return quantize == "int8"
 
     def export(self, model: nn.Module, meta: ArtifactMetadata, quantize: str,
                calibration: Calibration | None, path: Path,

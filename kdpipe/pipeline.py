@@ -33,7 +33,7 @@ from kdpipe.config import (
 from kdpipe.data import default_data_path
 from kdpipe.errors import KdpipeError
 from kdpipe.export.config import ExportConfig
-from kdpipe.models import file_sha256
+from kdpipe.hashing import file_sha256, path_sha256
 from kdpipe.progress import console
 from kdpipe.report.recommend import Constraints
 from kdpipe.report.records import load_train_summary, run_line
@@ -343,20 +343,9 @@ def bench_everything(config: PipelineConfig, data: str, files: list[Path]) -> Pa
     folder = Path(config.out) / "bench"
     bench = replace(config.bench, data=data, download=config.download,
                     cache_dir=config.cache_dir, progress=config.progress, out=str(folder))
-    spec = {"files": {str(p): _sha(p) for p in files}, "bench": results_only(bench)}
+    spec = {"files": {str(p): path_sha256(p) for p in files}, "bench": results_only(bench)}
     run_stage(folder, spec, lambda resume: run_bench([str(p) for p in files], bench))
     return folder
-
-
-def _sha(path: Path) -> str:
-    if path.is_dir():  # a Core ML package: hash its files in order
-        digest = hashlib.sha256()
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                digest.update(p.relative_to(path).as_posix().encode())
-                digest.update(file_sha256(p).encode())
-        return digest.hexdigest()
-    return file_sha256(path)
 
 
 # ---------------------------------------------------------------- entry point

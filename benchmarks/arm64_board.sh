@@ -3,9 +3,10 @@
 #
 # Builds (once) a Debian arm64 root filesystem in a cache folder, outside the repository, runs
 # it under qemu-user (binfmt_misc), and starts its own OpenSSH server on a loopback port with
-# throw-away keys. kdpipe then benches ONNX (onnxruntime) and ExecuTorch files on it exactly as
-# on a real board. Everything it runs is aarch64 code emulated on this CPU: the top-1 numbers are
-# real, the latencies are NOT representative of any arm64 hardware.
+# throw-away keys. kdpipe then benches ONNX (onnxruntime), LiteRT (.tflite, ai-edge-litert) and
+# ExecuTorch files on it exactly as on a real board. Everything it runs is aarch64 code emulated
+# on this CPU: the top-1 numbers are real, the latencies are NOT representative of any arm64
+# hardware.
 #
 # Run `benchmarks/arm64_board.sh --help` for the commands.
 set -euo pipefail
@@ -31,17 +32,21 @@ representative of real arm64 hardware; accuracy and parity are.
 Commands:
   build             build the rootfs once into the cache (debootstrap --foreign + second stage
                     under qemu-aarch64-static; python3, python3-venv, openssh-server; a venv at
-                    $VENV with the aarch64 wheels of numpy, onnxruntime (the versions
-                    of this checkout's .venv) and ai-edge-litert [+ executorch with
-                    KDPIPE_ARM64_EXECUTORCH=1]); a no-op when already built
+                    $VENV with the aarch64 wheels of numpy, onnxruntime and
+                    ai-edge-litert (the versions of this checkout's .venv) [+ executorch
+                    with KDPIPE_ARM64_EXECUTORCH=1]); a no-op when already built
+  binfmt            make this machine run aarch64 binaries: mount binfmt_misc if it is not,
+                    register qemu-aarch64 (update-binfmts --enable, else the register file
+                    with qemu-aarch64-static) and enable it; 'build' and 'start' do it too
   start             build if needed, then start the board's sshd on 127.0.0.1:PORT
   stop              stop the sshd and unmount /proc and /sys in the rootfs
   status            say whether the board is built and running
   flags             print the kdpipe bench flags that reach the board (for your own commands)
   bench FILES... [-- KDPIPE_BENCH_ARGS...]
                     start the board if needed and run kdpipe bench on FILES there
-                    (defaults: --batch-sizes 1 --threads 1 --warmup 3 --iters 10
-                    --min-time-s 0 --remote-accuracy 500 --limit-test 500 --no-memory;
+                    (defaults: --runtimes onnxruntime,litert,executorch --batch-sizes 1
+                    --threads 1 --warmup 3 --iters 10 --min-time-s 0 --remote-accuracy 500
+                    --limit-test 500 --no-memory;
                     anything after -- is passed on to kdpipe bench and overrides them)
   shell [CMD...]    a shell (or CMD) inside the rootfs, for debugging
   destroy           stop and delete the whole cache folder
@@ -54,8 +59,9 @@ Options / environment:
                     else kdpipe on PATH)
   KDPIPE_ARM64_SUITE, KDPIPE_ARM64_MIRROR   Debian suite and mirror (bookworm, deb.debian.org)
   KDPIPE_ARM64_PACKAGES   pip requirements of the device venv (default: numpy==V
-                    onnxruntime==V ai-edge-litert, V from .venv). Wheels are downloaded by this
-                    machine's pip (HOST_PYTHON, else python3) for aarch64, installed offline.
+                    onnxruntime==V ai-edge-litert==V, V from .venv: the board runs the same
+                    runtime versions as this machine). Wheels are downloaded by this machine's
+                    pip (HOST_PYTHON, else python3) for aarch64, installed offline.
   KDPIPE_ARM64_EXECUTORCH=1   also install executorch (its aarch64 wheel pulls the ~450 MB
                     aarch64 torch wheel; the runner needs torch for ExecuTorch files)
 
@@ -108,16 +114,41 @@ refuse_repo_cache() {
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "$COMMAND needs root (debootstrap, chroot, mount)"; }
 
+BINFMT=/proc/sys/fs/binfmt_misc
+# qemu-user-static's aarch64 ELF entry (the magic and mask binfmt-support registers). Flag F: the
+# kernel opens the interpreter at registration, so it also runs inside the chroot.
+AARCH64_MAGIC='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+AARCH64_MASK='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+
+# Makes this machine run aarch64 binaries: binfmt_misc mounted and on, a qemu-aarch64 entry
+# registered and enabled. A fresh container or a reboot may have none of these.
 check_binfmt() {
-    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
-        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    local entry=$BINFMT/qemu-aarch64 qemu
+    if [[ ! -e $BINFMT/register ]]; then
+        log "mounting binfmt_misc on $BINFMT"
+        mount -t binfmt_misc binfmt_misc "$BINFMT" || die "cannot mount binfmt_misc on " \
+            "$BINFMT (needs root; a container needs the host's permission)"
     fi
-    if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
-        command -v update-binfmts >/dev/null && update-binfmts --enable qemu-aarch64 || true
+    if [[ $(cat "$BINFMT/status") != enabled ]]; then
+        log "enabling binfmt_misc"
+        echo 1 > "$BINFMT/status"
     fi
-    [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || die "binfmt_misc has no qemu-aarch64 " \
-        "entry: apt-get install qemu-user-static binfmt-support, then update-binfmts --enable"
-    grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "qemu-aarch64 binfmt is disabled"
+    if [[ ! -e $entry ]] && command -v update-binfmts >/dev/null; then
+        log "registering qemu-aarch64: update-binfmts --enable qemu-aarch64"
+        update-binfmts --enable qemu-aarch64 || true
+    fi
+    if [[ ! -e $entry ]]; then
+        qemu=$(command -v qemu-aarch64-static) || die "binfmt_misc has no qemu-aarch64 entry " \
+            "and qemu-aarch64-static is not installed (apt-get install qemu-user-static)"
+        log "registering $qemu for aarch64 ELF binaries in $BINFMT/register"
+        printf ':qemu-aarch64:M::%s:%s:%s:F' "$AARCH64_MAGIC" "$AARCH64_MASK" "$qemu" \
+            > "$BINFMT/register" || die "registering qemu-aarch64 in $BINFMT/register failed"
+    fi
+    if ! grep -qx enabled "$entry"; then
+        log "enabling the disabled qemu-aarch64 entry"
+        echo 1 > "$entry"
+    fi
+    grep -qx enabled "$entry" || die "the qemu-aarch64 binfmt entry stays disabled"
 }
 
 mounted() { mountpoint -q "$1" 2>/dev/null; }
@@ -168,15 +199,16 @@ build_rootfs() {
     touch "$CACHE/.rootfs-done"
 }
 
-default_packages() {
-    # The same numpy / onnxruntime versions as this checkout's venv, when there is one, so the
-    # board's numbers are comparable with this machine's.
+# NAME==VERSION of each distribution as installed in this checkout's venv (the bare name where
+# it is not), so the board runs the versions this machine's numbers come from.
+venv_pins() {
     local py=$REPO/.venv/bin/python pins=""
     if [[ -x $py ]]; then
-        pins=$("$py" - <<'PY' 2>/dev/null || true
+        pins=$("$py" - "$@" <<'PY' 2>/dev/null || true
 import importlib.metadata as md
+import sys
 out = []
-for name in ("numpy", "onnxruntime"):
+for name in sys.argv[1:]:
     try:
         out.append(f"{name}=={md.version(name)}")
     except md.PackageNotFoundError:
@@ -185,8 +217,10 @@ print(" ".join(out))
 PY
 )
     fi
-    echo "${pins:-numpy onnxruntime} ai-edge-litert"
+    echo "${pins:-$*}"
 }
+
+default_packages() { venv_pins numpy onnxruntime ai-edge-litert; }
 
 host_pip() {
     local py
@@ -199,7 +233,8 @@ host_pip() {
 build_venv() {
     local want=${KDPIPE_ARM64_PACKAGES:-$(default_packages)}
     if [[ $WITH_EXECUTORCH == 1 ]]; then
-        want="$want executorch"
+        # The executorch wheel does not require torch, but the runner imports it for .pte files.
+        want="$want $(venv_pins executorch torch)"
         log "KDPIPE_ARM64_EXECUTORCH=1: executorch's runner needs torch; PyPI's aarch64 torch " \
             "wheel is the CUDA build (its nvidia-* dependencies are several GB)"
     fi
@@ -243,7 +278,10 @@ build_venv() {
     # Tells whoever logs in (and kdpipe's probe, should it look) that this board is emulated.
     echo "qemu-user emulation of aarch64 on $(uname -m): latency not representative" \
         > "$ROOT/etc/kdpipe-emulated"
-    in_root "$VENV/bin/python3" -c 'import platform, numpy, onnxruntime; print(platform.machine(), "numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)'
+    in_root "$VENV/bin/python3" -c 'import importlib.metadata as md, platform, numpy, onnxruntime
+from ai_edge_litert.interpreter import Interpreter
+names = ("numpy", "onnxruntime", "ai-edge-litert")
+print(platform.machine(), *(f"{n} {md.version(n)}" for n in names))'
     umount_proc; trap - EXIT
     echo "$want" > "$CACHE/.venv-done"
 }
@@ -359,14 +397,17 @@ cmd_bench() {
         if [[ $1 == -- ]]; then shift; extra=("$@"); break; fi
         files+=("$1"); shift
     done
-    [[ ${#files[@]} -gt 0 ]] || die "bench: name the artifacts (ONNX / .pte files)"
+    [[ ${#files[@]} -gt 0 ]] || die "bench: name the artifacts (.onnx / .tflite / .pte files)"
     if [[ -z $KDPIPE ]]; then
         if [[ -x $REPO/.venv/bin/kdpipe ]]; then KDPIPE=$REPO/.venv/bin/kdpipe; else KDPIPE=kdpipe; fi
     fi
     cmd_start
     kdpipe_flags
-    local defaults=(--batch-sizes 1 --threads 1 --warmup 3 --iters 10 --min-time-s 0
-                    --remote-accuracy 500 --limit-test 500 --no-memory)
+    # --runtimes: the device runner's backends (the others run only on this machine and would
+    # add a skipped row per file).
+    local defaults=(--runtimes onnxruntime,litert,executorch --batch-sizes 1 --threads 1
+                    --warmup 3 --iters 10 --min-time-s 0 --remote-accuracy 500 --limit-test 500
+                    --no-memory)
     log "$KDPIPE bench ${files[*]} ${FLAGS[*]} ${defaults[*]} ${extra[*]:-}"
     "$KDPIPE" bench "${files[@]}" "${FLAGS[@]}" "${defaults[@]}" "${extra[@]+"${extra[@]}"}"
 }
@@ -394,6 +435,7 @@ SSH_OPTS=(-o BatchMode=yes -o ConnectTimeout=5 -o IdentitiesOnly=yes -i "$KEY"
 
 case $COMMAND in
     build) cmd_build ;;
+    binfmt) need_root; check_binfmt ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;

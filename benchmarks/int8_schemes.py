@@ -2,6 +2,7 @@
 
     python benchmarks/int8_schemes.py                       # ResNet20 (zoo), full 10k test set
     python benchmarks/int8_schemes.py --emulate-cpu Haswell # + the kernel check on an AVX2 CPU
+    python benchmarks/int8_schemes.py --executorch --skip-onnx  # ExecuTorch rows only
 
 The pretrained ResNet20 is exported to FP32 ONNX with `kdpipe.export`, then quantized with ONNX
 Runtime's `quantize_static` (QDQ, per-channel weights, 512 stratified training images) in each
@@ -13,6 +14,12 @@ and int8 activations (S8S8). For each file, on the full JPEG test set:
 - the kernel check: agreement of the optimized session (ONNX Runtime's integer kernels) with the
   same file run with graph optimizations off (QDQ computed in float): the saturation detector;
 - batch-1 p50 and batch-32 throughput (kdpipe's latency protocol, 2 threads, >= 1 s per row).
+
+`--executorch` adds ExecuTorch rows, accuracy only (no latency): the FP32 and INT8 .pte files that
+`kdpipe.export` writes with its current scheme (INT8: PT2E + XNNPACK quantizer, symmetric
+per-channel weights, 512 calibration images), each with its top-1 and its top-1 agreement with
+PyTorch FP32 (the checkpoint in eager mode) on the same test images. `--skip-onnx` leaves the ONNX
+scheme rows (and their latency runs) out.
 
 `--emulate-cpu MODEL` reruns the kernel check (on --emulated-images test images) under
 `qemu-x86_64-static -cpu MODEL` (Debian's qemu-user-static): Haswell is an AVX2 CPU without
@@ -51,6 +58,9 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "S8S8 8-bit, min/max": {"reduce_range": False, "activation": "QInt8",
                             "calibration": "MinMax"},
 }
+ET_COLUMNS = [("artifact", "Artifact"), ("size_kib", "Size KiB"), ("top1", "Top-1 %"),
+              ("agreement_pytorch", "Agree w/ PyTorch FP32 %"),
+              ("agreement_fp32_pte", "Agree w/ FP32 .pte %")]
 COLUMNS = [("scheme", "Scheme"), ("size_kib", "Size KiB"), ("top1", "Top-1 %"),
            ("agreement", "Agree w/ FP32 %"), ("kernel_agreement", "Kernels vs sim. %"),
            ("kernel_max_diff", "Kernels vs sim. max |d|"), ("p50_b1_ms", "b1 p50 ms"),
@@ -126,31 +136,57 @@ def emulated_kernel_checks(files: dict[str, Path], images: np.ndarray, cpu: str,
     return {k: tuple(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "int8-schemes")
-    parser.add_argument("--limit-test", type=int, default=None, help="default: the full test set")
-    parser.add_argument("--emulate-cpu", default=None, help="e.g. Haswell (AVX2, no VNNI)")
-    parser.add_argument("--emulated-images", type=int, default=200)
-    args = parser.parse_args()
+def predictions(run: Any, artifact: Any, images_uint8: np.ndarray) -> np.ndarray:
+    """Top-1 class of `run` (a kdpipe session's `run`) for each uint8 image, in the batch sizes
+    `artifact` accepts; converted chunk by chunk so 10k images stay uint8."""
+    from kdpipe.runtime.chunks import eval_batch_size, run_in_chunks, unit_floats
 
-    from kdpipe.data import load_dataset, subset
+    size = eval_batch_size(artifact)
+    return np.concatenate([run_in_chunks(run, unit_floats(images_uint8[i:i + size]), size)
+                           .argmax(1) for i in range(0, len(images_uint8), size)])
+
+
+def executorch_rows(checkpoint: Path, dataset: Any, images_uint8: np.ndarray, labels: np.ndarray,
+                    out: Path, threads: int = 2) -> tuple[float, list[dict[str, Any]]]:
+    """(PyTorch FP32 top-1, one row per .pte): kdpipe's FP32 and INT8 ExecuTorch exports scored
+    on `images_uint8`, agreement with PyTorch eager and with the FP32 .pte. Accuracy only."""
+    from kdpipe.export import export_checkpoint
+    from kdpipe.runtime import runtime
+    from kdpipe.runtime.artifact import from_checkpoint, open_artifact
+
+    reference = from_checkpoint(checkpoint)
+    pytorch = predictions(runtime("eager").load(reference, threads).run, reference, images_uint8)
+    results = export_checkpoint(checkpoint, "executorch", "none,int8", out / "executorch",
+                                dataset=dataset, parity_size=1000)
+    rows, fp32_pte = [], None
+    for result in results:  # in the requested order: fp32 first
+        assert result.path is not None
+        artifact = open_artifact(result.path)
+        predicted = predictions(runtime("executorch").load(artifact, threads).run, artifact,
+                                images_uint8)
+        fp32_pte = predicted if fp32_pte is None else fp32_pte
+        rows.append({"artifact": f"{result.path.name} ({artifact.quantization})",
+                     "size_kib": round(artifact.size_bytes / 1024, 1),
+                     "top1": round(float(100 * (predicted == labels).mean()), 2),
+                     "agreement_pytorch": round(float(100 * (predicted == pytorch).mean()), 2),
+                     "agreement_fp32_pte": round(float(100 * (predicted == fp32_pte).mean()), 2),
+                     "scheme": result.metadata.quantization_detail if result.metadata else ""})
+        print(rows[-1], flush=True)
+    return round(float(100 * (pytorch == labels).mean()), 2), rows
+
+
+def onnx_rows(checkpoint: Path, dataset: Any, part: Any, images: np.ndarray, labels: np.ndarray,
+              out: Path) -> tuple[float, dict[str, Path], list[dict[str, Any]]]:
+    """(FP32 ONNX top-1, the INT8 files, one row per scheme of SCHEMES), latency included."""
     from kdpipe.export import export_checkpoint
 
-    dataset = load_dataset(str(args.data))
-    part = subset(dataset, limit_train=512, limit_test=args.limit_test, seed=0)
     calibration = (part.train_images.float() / 255).numpy()
-    images = np.ascontiguousarray((part.test_images.float() / 255).numpy())
-    labels = part.test_labels.numpy()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (fp32_result,) = export_checkpoint(args.checkpoint, "onnx", "none", args.out / "fp32",
+    (fp32_result,) = export_checkpoint(checkpoint, "onnx", "none", out / "fp32",
                                        dataset=dataset, parity_size=1000)
     reference = logits(session(fp32_result.path, True), images).argmax(1)
     files = {}
     for i, (name, scheme) in enumerate(SCHEMES.items()):
-        files[name] = args.out / f"scheme{i}.int8.onnx"
+        files[name] = out / f"scheme{i}.int8.onnx"
         quantize(fp32_result.path, files[name], calibration, scheme)
     rows = []
     for name, path in files.items():
@@ -167,11 +203,46 @@ def main() -> None:
                      "kernel_max_diff": round(max_diff, 3),
                      "p50_b1_ms": round(b1.p50_ms, 3), "ips_b32": round(b32.throughput_ips)})
         print(rows[-1], flush=True)
-    fp32_top1 = round(float(100 * (reference == labels).mean()), 2)
-    lines = [f"# INT8 ONNX schemes, ResNet20 (zoo), {len(labels)} test images", "",
-             f"CPU: {cpu_facts()}; FP32 ONNX top-1 {fp32_top1}%.", "",
-             markdown_table(rows, COLUMNS)]
-    summary: dict[str, Any] = {"machine": cpu_facts(), "fp32_top1": fp32_top1, "rows": rows}
+    return round(float(100 * (reference == labels).mean()), 2), files, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "int8-schemes")
+    parser.add_argument("--limit-test", type=int, default=None, help="default: the full test set")
+    parser.add_argument("--emulate-cpu", default=None, help="e.g. Haswell (AVX2, no VNNI)")
+    parser.add_argument("--emulated-images", type=int, default=200)
+    parser.add_argument("--executorch", action="store_true",
+                        help="also FP32 and INT8 ExecuTorch rows (accuracy only, no latency)")
+    parser.add_argument("--skip-onnx", action="store_true",
+                        help="leave out the ONNX scheme rows and their latency runs")
+    args = parser.parse_args()
+    if args.skip_onnx and (args.emulate_cpu or not args.executorch):
+        parser.error("--skip-onnx needs --executorch and excludes --emulate-cpu")
+
+    from kdpipe.data import load_dataset, subset
+
+    dataset = load_dataset(str(args.data))
+    part = subset(dataset, limit_train=512, limit_test=args.limit_test, seed=0)
+    labels = part.test_labels.numpy()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# INT8 schemes, ResNet20 (zoo), {len(labels)} test images", "",
+             f"CPU: {cpu_facts()}"]
+    summary: dict[str, Any] = {"machine": cpu_facts(), "n_test": len(labels)}
+    if not args.skip_onnx:
+        images = np.ascontiguousarray((part.test_images.float() / 255).numpy())
+        fp32_top1, files, rows = onnx_rows(args.checkpoint, dataset, part, images, labels,
+                                           args.out)
+        lines += ["", f"ONNX: FP32 ONNX top-1 {fp32_top1}%.", "", markdown_table(rows, COLUMNS)]
+        summary.update({"fp32_top1": fp32_top1, "rows": rows})
+    if args.executorch:
+        pytorch_top1, et_rows = executorch_rows(args.checkpoint, dataset,
+                                                part.test_images.numpy(), labels, args.out)
+        lines += ["", f"ExecuTorch (accuracy only): PyTorch FP32 top-1 {pytorch_top1}%.", "",
+                  markdown_table(et_rows, ET_COLUMNS)]
+        summary["executorch"] = {"pytorch_top1": pytorch_top1, "rows": et_rows}
     if args.emulate_cpu:
         with tempfile.TemporaryDirectory() as tmp:
             emulated = emulated_kernel_checks(files, images[:args.emulated_images],

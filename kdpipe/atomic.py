@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
@@ -83,6 +81,8 @@ def torch_save(dest: str | os.PathLike[str], obj: Any) -> None:
     A failed write is an `OSError` naming `dest` (torch's own error says only "file write
     failed" or "unexpected pos"), so callers and the CLI handle it like any other write error.
     """
+    import torch  # here, not at the top: `kdpipe --help` imports this module
+
     with atomic_path(dest) as tmp:
         try:
             torch.save(obj, tmp)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
+from kdpipe import quiet
 from kdpipe.bench.config import BenchConfig
-from kdpipe.cliutil import config_command, fail, friendly_errors
-from kdpipe.config import to_dict
-from kdpipe.export.config import ExportConfig, support_table
+from kdpipe.cliutil import Command, Group, config_command, fail, friendly_errors, import_option
+from kdpipe.config import comma_list, import_modules, option, to_dict
+from kdpipe.export.config import ExportConfig
 from kdpipe.pipeline import PipelineConfig, load_pipeline_config
-from kdpipe.progress import console
+from kdpipe.progress import console, plural
 from kdpipe.report.records import run_line
 from kdpipe.sweep import SweepOptions, sweep_configs
 from kdpipe.train.config import DistillConfig, EvalConfig, TrainConfig
@@ -21,18 +23,30 @@ app = typer.Typer(
     name="kdpipe",
     help="Distill a big CIFAR network into a small one, export it for devices, benchmark it.\n\n"
     "Stages: train / distill -> export -> bench (and deploy). Run `kdpipe COMMAND --help`.",
+    cls=Group,
+    rich_markup_mode="rich",  # help texts are rich markup, escaped where they hold brackets
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
 
-@config_command(app, TrainConfig)
+@app.callback()
+def main_options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="show what the libraries print (coremltools, ExecuTorch, tqdm bars, their logs); "
+             "without it kdpipe shows it only when a command fails"),
+) -> None:
+    """Options of every command (before the command's name: kdpipe -v export ...)."""
+    quiet.set_verbose(verbose)
+
+
+@config_command(app, TrainConfig, user_modules=True)
 def train(
     config: TrainConfig,
-    resume: bool = typer.Option(
-        False, "--resume", metavar="", help="continue the run in --out where it stopped"
-    ),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out where it "
+                                "stopped"),
 ) -> None:
     """Train a model from scratch (the baseline every distilled student is compared with).
 
@@ -46,21 +60,27 @@ def train(
                       + f"  ->  {Path(config.out) / 'model.pt'}")
 
 
-@config_command(app, DistillConfig)
+@config_command(app, DistillConfig, user_modules=True)
 def distill(
     config: DistillConfig,
     resume: bool = typer.Option(
-        False, "--resume", metavar="",
-        help="continue the run in --out (and its stage folders) where it stopped"
-    ),
+        False, "--resume", help="continue the run in --out (and its stage folders) where it "
+        "stopped"),
 ) -> None:
     """Distill a teacher checkpoint into a student trained from random initialization.
 
     KD loss = (1 - alpha) * CE(labels, student) + alpha * T^2 * KL(teacher_T || student_T).
-    Methods: kd, fitnets (hint stage, then KD), rkd, scratch, and sums such as kd+rkd.
+    Methods: kd, fitnets (hint stage, then KD), rkd, dkd, dist, lskd, at, scratch, and sums
+    such as dkd+rkd (`kdpipe list` shows each with its paper's defaults).
 
     Example: kdpipe distill --teacher-checkpoint ../shared/weights/resnet110-cifar10jpeg.th
     --student resnet20 --method kd --temperature 4 --alpha 0.9 --out runs/kd
+
+    For INT8 phones, continue a trained student for a few fake-quantized epochs
+    (quantization-aware distillation), then export it with --quantize int8:
+
+        kdpipe distill ... --qat --init-checkpoint runs/kd/model.pt --epochs 2 \\
+            --lr 0.0005 --out runs/kd-qat
     """
     from kdpipe.train.distill import distill as run_distill
 
@@ -107,12 +127,12 @@ def sweep(
                        shared_storage=config.shared_storage)
     if not config.dry_run:
         console.print(
-            f"{len(result['ran'])} cells run, {len(result['skipped'])} already done; "
+            f"{plural(len(result['ran']), 'cell')} run, {len(result['skipped'])} already done; "
             f"report: {result['files'].get('markdown', '(no finished cell)')}"
         )
 
 
-@config_command(app, EvalConfig, "eval")
+@config_command(app, EvalConfig, "eval", user_modules=True)
 def eval_(
     config: EvalConfig,
     checkpoint: Path = typer.Argument(..., help="kdpipe checkpoint or pytorch_resnet_cifar10 file"),
@@ -124,8 +144,24 @@ def eval_(
     console.print(f"top-1 {result['top1']:.2f}% on {result['n']} test images ({checkpoint})")
 
 
-@config_command(app, ExportConfig, epilog="Targets and --quantize:\n\n\b\n"
-                + escape(support_table()))
+def support_appendix() -> Any:
+    """The targets and their --quantize values as a table under `kdpipe export --help` (built
+    when help is shown: the target registry imports PyTorch)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from kdpipe.export.config import SUPPORT_HEADER, support_rows
+
+    table = Table(*SUPPORT_HEADER[:-1], "pip install", box=None, padding=(0, 1),
+                  header_style="bold", title="\nTargets and their --quantize values",
+                  title_justify="left")
+    table.columns[-1].no_wrap = True
+    for row in support_rows():
+        table.add_row(*map(Text, row))  # Text: `kdpipe[coreml]` is not markup
+    return table
+
+
+@config_command(app, ExportConfig, user_modules=True, appendix=support_appendix)
 def export(
     config: ExportConfig,
     checkpoint: Path = typer.Argument(..., help="kdpipe checkpoint or pytorch_resnet_cifar10 file"),
@@ -148,7 +184,9 @@ def export(
     from kdpipe.export import ExportFailed, print_results, run_export
 
     try:
-        print_results(run_export(checkpoint, config))
+        with quiet.native_stderr():  # the exporters' and runtimes' C++ lines
+            results = run_export(checkpoint, config)
+        print_results(results)
     except ExportFailed as e:
         print_results(e.results)
         raise
@@ -167,7 +205,8 @@ def bench(
     from kdpipe.bench.bench import failed_runs
     from kdpipe.report.bench_report import console_table
 
-    report, files = run_bench(artifacts, config)
+    with quiet.native_stderr():  # the runtimes' C++ lines
+        report, files = run_bench(artifacts, config)
     console.print(console_table(report.rows), markup=False, highlight=False, soft_wrap=True)
     console.print("report: " + ", ".join(str(path) for path in files.values()))
     failed = failed_runs(report)
@@ -176,31 +215,43 @@ def bench(
                       soft_wrap=True)
     if failed:
         runs = len({(r.name, r.runtime) for r in report.rows})
-        raise fail(f"{len(failed)} of {runs} runs failed (listed above); the report has the "
-                   "others", code=1)
+        raise fail(f"{len(failed)} of {plural(runs, 'run')} failed (listed above); the report "
+                   "has the others", code=1)
 
 
-@app.command()
-@friendly_errors
+@dataclass
+class DeployConfig:
+    """`kdpipe deploy`: where the bundle goes (the artifact is the command's argument)."""
+
+    out: str | None = option(None, "folder to write the bundle into (required)")
+
+
+@config_command(app, DeployConfig)
 def deploy(
+    config: DeployConfig,
     artifact: Path = typer.Argument(
         ..., help="an exported file (.onnx, .ort, .pte, .pt, .mlpackage)"),
-    out: Path = typer.Option(..., "--out", help="folder to write the bundle into"),
 ) -> None:
     """Bundle an exported model for an app: the file, its metadata, labels and a usage snippet."""
     from kdpipe.deploy import build_bundle
 
-    console.print(f"bundle: {build_bundle(artifact, out)}")
+    if config.out is None:
+        raise fail("deploy needs --out FOLDER (or out = ... in --config)")
+    console.print(f"bundle: {build_bundle(artifact, Path(config.out))}")
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 @friendly_errors
-def list_() -> None:
+def list_(
+    user_modules: Optional[str] = import_option(),  # noqa: UP045 - typer needs typing.Optional
+) -> None:
     """Show the models, methods, export targets and runtimes, and what is installed."""
     from rich.console import Console
 
     from kdpipe.catalog import print_catalog
 
+    if user_modules:
+        import_modules(comma_list(user_modules, str, "--import"))
     print_catalog(Console())
 
 
@@ -211,6 +262,8 @@ def pipeline(config: PipelineConfig) -> None:
 
     Re-running skips the stages whose outputs are complete and match the config, so an
     interrupted pipeline resumes where it stopped. Example: kdpipe pipeline (the quickstart).
+    With --executor ray the training runs and each model's exports run as parallel Ray tasks
+    (pip install 'kdpipe[ray]'); bench and the report run here.
     """
     from kdpipe.pipeline import run_pipeline
 

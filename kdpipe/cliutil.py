@@ -1,8 +1,11 @@
-"""Glue between typer and kdpipe: dataclass configs as flags, and errors as one-line messages.
+"""Glue between typer and kdpipe: dataclass configs as flags, errors as one-line messages, help
+that reads as prose.
 
 `config_command(app, TrainConfig)` turns every field of a config dataclass into a `--flag` (help
 text from the field's metadata) plus `--config FILE`; the decorated function receives the merged,
 type-checked dataclass. A flag the user did not type is `None` and leaves the file's value alone.
+Every command runs inside `kdpipe.quiet.captured()` (third-party output held back) and
+`friendly_errors`.
 """
 
 from __future__ import annotations
@@ -11,16 +14,26 @@ import dataclasses
 import errno
 import functools
 import inspect
+import io
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import typer
+import typer.core
 from rich.markup import escape
 
-from kdpipe.config import comma_list, merge, read_config_file
+from kdpipe import quiet
+from kdpipe.config import (
+    IMPORT_HELP,
+    comma_list,
+    flag_name,
+    import_modules,
+    merge,
+    read_config_file,
+)
 from kdpipe.errors import KdpipeError
 from kdpipe.progress import console
 
@@ -39,7 +52,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            # Library output is held back (and replayed before the error line on a failure).
+            with quiet.captured():
+                return fn(*args, **kwargs)
         except KdpipeError as e:
             raise fail(str(e)) from None
         except OSError as e:
@@ -103,18 +118,19 @@ def _cli_type(tp: Any) -> Any | None:
 def parse_flags(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Flag values as the config's types: comma-separated lists become lists."""
     hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     out = dict(values)
     for name, value in values.items():
         item = _list_item(hints[name])
         if item is not None and isinstance(value, str):
-            out[name] = comma_list(value, item, "--" + name.replace("_", "-"))
+            out[name] = comma_list(value, item, flag_name(fields[name]))
     return out
 
 
-def _flag_names(name: str, tp: Any) -> list[str]:
-    flag = "--" + name.replace("_", "-")
+def _flag_names(field: dataclasses.Field[Any], tp: Any) -> list[str]:
+    flag = flag_name(field)
     if tp is bool:
-        return [f"{flag}/--no-{name.replace('_', '-')}"]
+        return [f"{flag}/--no-{flag[2:]}"]
     return [flag]
 
 
@@ -127,14 +143,13 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         if cli_tp is None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        extra = f" \\[default: {default}]" if default not in (None, "") else ""
+        extra = f" [default: {default}]" if default not in (None, "") else ""
         option = typer.Option(
             None,
-            *_flag_names(f.name, hints[f.name]),
-            help=f.metadata.get("help", "") + extra,
+            *_flag_names(f, hints[f.name]),
+            # Help is rich markup: escaped, so `[default: ...]` and `kdpipe[ray]` print as written.
+            help=escape(f.metadata.get("help", "") + extra),
             show_default=False,
-            # A flag takes no value: an empty metavar keeps typer from showing `<bool>` beside it.
-            **({"metavar": ""} if hints[f.name] is bool else {}),
         )
         params.append(
             inspect.Parameter(
@@ -144,17 +159,26 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
     return params
 
 
+def import_option() -> Any:
+    """`--import MODULE[,MODULE]` of a command whose config has no `imports` field."""
+    return typer.Option(None, "--import", help=escape(IMPORT_HELP))
+
+
 def config_command(
     app: typer.Typer, cls: type, name: str | None = None, *,
     file_argument: str | None = None,
     load: Callable[[str | None, dict[str, Any]], Any] | None = None,
+    user_modules: bool = False,
+    appendix: Callable[[], Any] | None = None,
     **command_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn(config: cls, **own_params)` as a command whose flags are `cls`'s fields.
 
     The config file is `--config FILE`, or with `file_argument` (its help text) an optional
     positional argument instead, as in `kdpipe pipeline full`. `load(file, flags)` builds the
-    config where the file needs more than `merge` (a shipped name, say).
+    config where the file needs more than `merge` (a shipped name, say). `user_modules` adds
+    `--import MODULE`, imported before the config is built. `appendix()` returns a rich
+    renderable printed at the end of the command's help, built only when help is asked for.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,9 +204,15 @@ def config_command(
             annotation=Optional[str],  # noqa: UP045
             default=file_default,
         )
+        extra = [inspect.Parameter("user_modules", inspect.Parameter.KEYWORD_ONLY,
+                                   annotation=Optional[str],  # noqa: UP045
+                                   default=import_option())] if user_modules else []
 
         @friendly_errors
         def command(**kwargs: Any) -> Any:
+            modules = kwargs.pop("user_modules", None)
+            if modules:
+                import_modules(comma_list(modules, str, "--import"))
             config_file = kwargs.pop("config_file")
             overrides = parse_flags(cls, {k: kwargs.pop(k) for k in list(kwargs)
                                           if k in field_names})
@@ -200,11 +230,74 @@ def config_command(
             if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
         ]
         command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            positional + [config_param] + keyword + field_params
+            positional + [config_param] + extra + keyword + field_params
         )
-        command.__doc__ = fn.__doc__
+        command.__doc__ = prose(fn.__doc__ or "")
         command.__name__ = fn.__name__
-        app.command(name or fn.__name__.replace("_", "-"), **command_kwargs)(command)
+        command_class = Command if appendix is None else type(
+            "AppendixCommand", (Command,), {"appendix": staticmethod(appendix)})
+        app.command(name or fn.__name__.replace("_", "-"), cls=command_class,
+                    **command_kwargs)(command)
         return fn
 
     return decorate
+
+
+# ---------------------------------------------------------------- help that reads as prose
+def prose(doc: str) -> str:
+    """A docstring as help paragraphs: the lines of each paragraph joined, so the terminal wraps
+    them once (rich keeps a docstring's own line breaks and wraps them again at 80 columns);
+    indented blocks (config examples) keep their lines."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n"))
+                       for p in paragraphs)
+
+
+
+
+def _no_flag_metavars(command: Any, ctx: Any) -> None:
+    """A flag takes no value: an empty metavar keeps typer from printing `<bool>` beside it
+    (`--help` included, which typer makes itself)."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Group(typer.core.TyperGroup):
+    """The `kdpipe` group: flags without a `<bool>` metavar in its help."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _no_flag_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class Command(typer.core.TyperCommand):
+    """A kdpipe command: usage names arguments `CHECKPOINT` (typer writes `{checkpoint}`), flags
+    show no `<bool>`, and an optional `appendix` (a rich table, say) ends the help."""
+
+    appendix: ClassVar[Callable[[], Any] | None] = None
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            label = param.metavar or (param.name or "").upper()
+            label += "..." if param.nargs != 1 else ""
+            pieces.append(label if param.required else f"[{label}]")
+        return pieces
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _no_flag_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+        if self.appendix is None:
+            return
+        from rich.console import Console
+
+        if getattr(self, "rich_markup_mode", None) is None:  # click's plain formatter
+            buffer = io.StringIO()
+            Console(file=buffer, width=formatter.width, highlight=False).print(self.appendix())
+            formatter.write(buffer.getvalue())
+        else:  # typer printed the help itself, on stdout
+            Console(highlight=False).print(self.appendix())

@@ -8,9 +8,13 @@ never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import os
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,15 +172,18 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
-           result: bool = True, short: str | None = None) -> Any:
+           result: bool = True, short: str | None = None, flag: str | None = None,
+           read_by: tuple[str, ...] = ()) -> Any:
     """A dataclass field whose `help` text the CLI shows, so flags and config keys share one doc.
 
     `result=False` marks a setting that changes where or how a run goes, never its numbers (the
     progress bar, the run folder, threads): resume checks, sweep cells and pipeline stage hashes
     leave it out (`results_only`). `short` is how the option appears in a sweep cell's name
-    (`T` for temperature: `kd-T4-...`; "" for the bare value).
+    (`T` for temperature: `kd-T4-...`; "" for the bare value). `flag` is the command-line name
+    where it is not the field's (`--import` for the field `imports`, a Python keyword).
+    `read_by` names the distillation methods that read the option (`Method.reads`).
     """
-    metadata = {"help": help, "result": result, "short": short}
+    metadata = {"help": help, "result": result, "short": short, "flag": flag, "read_by": read_by}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -241,3 +248,74 @@ def comma_list(text: str | list[Any], item: type, flag: str) -> list[Any]:
         kind = {int: "integers", float: "numbers"}.get(item, "values")
         raise KdpipeError(f"{flag} takes comma-separated {kind} like "
                           f"{'1,32' if item in (int, float) else 'a,b'}; got {text!r}") from None
+
+
+def flag_name(field: dataclasses.Field[Any]) -> str:
+    """The command-line flag of a config field: `--batch-sizes` for `batch_sizes`."""
+    return "--" + (field.metadata.get("flag") or field.name.replace("_", "-"))
+
+
+# ---------------------------------------------------------------- --import: the user's own code
+
+IMPORT_HELP = ("modules to import first, comma-separated: a dotted name (on the Python path or "
+               "in the working folder) or a .py file, e.g. the module that registers your own "
+               "model with @MODELS.register (docs/python-api.md)")
+
+
+def import_modules(specs: Sequence[str]) -> None:
+    """Import the user's modules named by `--import`, so that the models (or methods, targets)
+    they register are known before a checkpoint or config names them. A spec ending in `.py` or
+    holding a path separator is a file, imported under its stem; anything else is a module name,
+    looked up on `sys.path` and in the working folder (`kdpipe` is a console script: unlike
+    `python -m`, it does not put the working folder on the path)."""
+    for spec in specs:
+        if spec.endswith(".py") or "/" in spec or os.sep in spec:
+            _import_file(Path(spec).expanduser().resolve(), spec)
+            continue
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            importlib.import_module(spec)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (spec == e.name or spec.startswith(e.name + ".")):
+                raise  # the module was found; something it imports is missing
+            raise KdpipeError(f"--import {spec}: no module named {e.name!r} on the Python path "
+                              f"or in {os.getcwd()}; give its .py file instead") from None
+
+
+def _import_file(path: Path, spec: str) -> None:
+    if not path.is_file():
+        raise KdpipeError(f"--import {spec}: no such file {path}")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return  # imported already: its registrations are in place
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise KdpipeError(f"--import {spec}: {path} is not a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # before running it, as `import` does (dataclasses need it)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def import_specs_for_child(specs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the specs, files made absolute; the folders a child process must add to its Python path
+    to import the named modules the way this process did) for a subprocess that must know the
+    same models: call after `import_modules(specs)`."""
+    resolved, roots = [], []
+    for spec in specs:
+        if spec.endswith(".py") or "/" in spec or os.sep in spec:
+            resolved.append(str(Path(spec).expanduser().resolve()))
+            continue
+        resolved.append(spec)
+        module = sys.modules.get(spec)
+        file = getattr(module, "__file__", None)
+        if file:
+            path = Path(file).resolve()
+            depth = spec.count(".") + (path.name == "__init__.py")
+            roots.append(str(path.parents[depth]))
+    return resolved, list(dict.fromkeys(roots))

@@ -6,6 +6,12 @@ hash of everything that decides its output (its config and the sha256 of its inp
 re-run skips a stage whose hash matches and which completed, resumes one that was interrupted
 (the trainers' `--resume`), and redoes one whose inputs changed. The report (`index.md`,
 `pipeline.json`) gathers the tables and plots of all stages.
+
+The independent stages (the scratch baseline and each distill method; then each model's
+exports) are items for an executor (`kdpipe.executors`): one after another here (`local`, the
+default) or as Ray tasks (`executor = "ray"`), exactly as a sweep's cells. The stage functions
+(`run_training`, `run_exports`) do the same work wherever they run, so the report is the same;
+bench and the report run here, after them.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from kdpipe.config import (
     shipped_configs,
     to_dict,
 )
-from kdpipe.data import default_data_path
 from kdpipe.errors import KdpipeError
+from kdpipe.executors.base import Executor, Resources, Work, ordered_by_cache, teacher_cache_key
 from kdpipe.export.config import ExportConfig
 from kdpipe.hashing import file_sha256, path_sha256
 from kdpipe.progress import console
@@ -82,6 +88,18 @@ class PipelineConfig:
     bench: BenchConfig = option(help="`kdpipe bench` options (batch_sizes, iters, ...); data and "
                                 "out come from the pipeline", factory=BenchConfig)
     progress: bool = option(True, "show progress bars")
+    # Where the stages run; never what they compute (the stage hashes leave these out).
+    executor: str = option("local", "where the training runs and each model's exports run: "
+                           "local (one after another, here) or ray (parallel Ray tasks; needs "
+                           "pip install 'kdpipe[ray]'); bench and the report always run here",
+                           result=False)
+    ray_address: str | None = option(None, "Ray cluster to join (auto, ray://host:10001) "
+                                     "[default: start a local Ray instance]", result=False)
+    shared_storage: bool = option(False, "confirm --out is on a filesystem every Ray node mounts "
+                                  "at the same path (needed on a multi-node cluster)",
+                                  result=False)
+    resources: Resources = option(help="what each Ray task reserves (num_cpus, num_gpus)",
+                                  factory=Resources, result=False)
     # what to ship: index.md recommends the most accurate artifact within these (None: no limit;
     # then [bench]'s own limits apply). Report-only: no stage reruns when they change.
     min_top1: float | None = option(None, "recommend only artifacts of at least this top-1 (%)",
@@ -139,6 +157,8 @@ def resolve_teacher(config: PipelineConfig) -> Path | None:
 
 def resolve_inputs(config: PipelineConfig) -> tuple[str, Path]:
     """The data set and the teacher, or one message that says how to get what is missing."""
+    from kdpipe.data import default_data_path  # torch: off the `--help` path
+
     data = config.data or default_data_path()
     if data is None and config.download:
         data = Path(config.out) / "data"  # torchvision downloads CIFAR-10 here
@@ -174,6 +194,9 @@ def download(url: str, dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------- stage bookkeeping
+STAGE_FILE = "stage.json"  # a stage folder's hash and completeness, written before anything else
+
+
 def content_hash(spec: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -186,12 +209,11 @@ def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -
     folder kdpipe did not create (files but no `stage.json`) is refused, never deleted: kdpipe
     writes `stage.json` before anything else, so only a user's own files lack it.
     """
-    marker = folder / "stage.json"
+    marker = folder / STAGE_FILE
     key = content_hash(spec)
-    state = _stage_state(folder)
-    if state and state["hash"] == key and state["complete"]:
-        console.print(f"[dim]{folder.name}: up to date, skipped[/]")
+    if stage_done(folder, spec):
         return False
+    state = _stage_state(folder)
     if state and state["hash"] != key:
         console.print(f"[dim]{folder.name}: its inputs or settings changed, redone[/]")
         shutil.rmtree(folder)
@@ -203,10 +225,20 @@ def run_stage(folder: Path, spec: dict[str, Any], work: Callable[[bool], Any]) -
     return True
 
 
+def stage_done(folder: Path, spec: dict[str, Any]) -> bool:
+    """Whether `folder` holds a complete run of `spec` (said on the console when it does); a
+    `KdpipeError` for a folder kdpipe did not create, so that is refused before any work."""
+    state = _stage_state(folder)
+    if state and state["hash"] == content_hash(spec) and state["complete"]:
+        console.print(f"[dim]{folder.name}: up to date, skipped[/]")
+        return True
+    return False
+
+
 def _stage_state(folder: Path) -> dict[str, Any] | None:
     """The `stage.json` of a kdpipe stage folder; None for a missing or empty folder; a
     `KdpipeError` for a folder that holds files kdpipe did not write."""
-    marker = folder / "stage.json"
+    marker = folder / STAGE_FILE
     if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
         return None
     try:
@@ -223,30 +255,70 @@ def _stage_state(folder: Path) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- the stages
-def train_students(config: PipelineConfig, data: str, teacher: Path) -> dict[str, Path]:
-    """Scratch baseline and one distilled student per method; returns name -> model.pt."""
-    from kdpipe.train import train_baseline
-    from kdpipe.train.distill import distill
+@dataclass
+class TrainRun:
+    """One training stage, an executor's item: the scratch baseline (a `TrainConfig`) or one
+    distill method (a `DistillConfig`), with the stage hash's `spec`."""
 
+    name: str
+    config: TrainConfig
+    spec: dict[str, Any]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out)
+
+
+def plan_training(config: PipelineConfig, data: str, teacher: Path) -> list[TrainRun]:
+    """The scratch baseline and one distill run per method, in that order."""
     out = Path(config.out)
     common = {"data": data, "download": config.download, "cache_dir": config.cache_dir,
               "progress": config.progress, **config.train}
-    runs: dict[str, Path] = {}
+    runs: list[TrainRun] = []
     if config.scratch:
         cfg = from_dict(TrainConfig, {**common, "model": config.student,
                                       "out": str(out / "scratch")}, where="pipeline train")
-        spec = {"config": results_only(cfg)}
-        run_stage(out / "scratch", spec, lambda resume: train_baseline(cfg, resume=resume))
-        runs["scratch"] = out / "scratch" / "model.pt"
+        runs.append(TrainRun("scratch", cfg, {"config": results_only(cfg)}))
+    teacher_sha256 = file_sha256(teacher) if config.methods else None
     for method in config.methods:
         name = method.replace("+", "-")
         cfg = from_dict(DistillConfig, {**common, **config.distill, "model": config.student,
                                         "method": method, "teacher_checkpoint": str(teacher),
                                         "out": str(out / name)}, where="pipeline distill")
-        spec = {"config": results_only(cfg), "teacher_sha256": file_sha256(teacher)}
-        run_stage(out / name, spec, lambda resume, cfg=cfg: distill(cfg, resume=resume))
-        runs[name] = out / name / "model.pt"
+        runs.append(TrainRun(name, cfg, {"config": results_only(cfg),
+                                         "teacher_sha256": teacher_sha256}))
     return runs
+
+
+def run_training(run: TrainRun) -> None:
+    """Run (or resume) one training stage in its folder, in whichever process the executor
+    chose; the trainers are looked up here, at call time, so tests can stand in for them."""
+    from kdpipe.train import train_baseline
+    from kdpipe.train.distill import distill
+
+    train = distill if isinstance(run.config, DistillConfig) else train_baseline
+    run_stage(run.folder, run.spec, lambda resume: train(run.config, resume=resume))
+    (run.folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier try's, now stale
+
+
+def train_students(config: PipelineConfig, data: str, teacher: Path,
+                   executor: Executor) -> dict[str, Path]:
+    """Scratch baseline and one distilled student per method on `executor`; returns name ->
+    model.pt. A failed run does not stop the others; the stage then ends in a `KdpipeError`
+    naming it (a re-run redoes only that one)."""
+    runs = plan_training(config, data, teacher)
+    # The first run of this call that fills a teacher cache goes before the runs reading it.
+    work = ordered_by_cache([Work(r.name, r.folder, r) for r in runs
+                             if not stage_done(r.folder, r.spec)],
+                            lambda run: teacher_cache_key(run.config))
+    outcome = executor.run(work, run_training)
+    failed = {name: error for name, error in outcome.items() if error is not None}
+    if failed:
+        listed = "; ".join(f"{name}: {error}" for name, error in failed.items())
+        raise KdpipeError(f"{len(failed)} of {len(runs)} training runs failed ({listed}); see "
+                          f"{ERROR_FILE} in their folders under {config.out}, then run the "
+                          "pipeline again (the finished runs are kept)")
+    return {r.name: r.folder / "model.pt" for r in runs}
 
 
 @dataclass
@@ -269,34 +341,83 @@ class ExportStageFailed(KdpipeError):
 
 
 EXPORT_LEDGER = "done.json"  # export jobs finished in a stage folder: "target:quantize" -> files
+EXPORT_FAILURES = "failed.json"  # the export jobs of a stage folder's last try that failed
+ERROR_FILE = "error.txt"  # the traceback of a stage that raised, written by the executor
 
 
-def export_models(config: PipelineConfig, data: str,
-                  models: dict[str, Path]) -> tuple[list[Path], list[FailedArtifact]]:
-    """Every model to every `export` spec, each model in `out/export/<name>/`.
+@dataclass
+class ExportRun:
+    """One model's export stage, an executor's item: every [[export]] spec of `checkpoint` into
+    `options.out`, with the stage hash's `spec`."""
+
+    name: str
+    checkpoint: Path
+    options: ExportConfig
+    specs: list[ExportSpec]
+    spec: dict[str, Any]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.options.out)
+
+
+def plan_exports(config: PipelineConfig, data: str, models: dict[str, Path]) -> list[ExportRun]:
+    """One export stage per model, in `out/export/<name>/`."""
+    runs: list[ExportRun] = []
+    for name, checkpoint in models.items():
+        options = replace(config.export_options, out=Path(config.out) / "export" / name,
+                          name=name, calibration_data=data, download=config.download)
+        spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": to_dict(options),
+                "export": [to_dict(e) for e in config.export]}
+        runs.append(ExportRun(name, checkpoint, options, list(config.export), spec))
+    return runs
+
+
+def run_exports(run: ExportRun) -> None:
+    """Run (or resume) one model's export stage in whichever process the executor chose.
+
+    Failed jobs are written to the folder's `failed.json` instead of raised: the executor may
+    run this in another process, and the pipeline reads them from there to report them beside
+    the artifacts that did export."""
+    failures = run.folder / EXPORT_FAILURES
+
+    def work(resume: bool) -> None:
+        failures.unlink(missing_ok=True)  # only once run_stage has checked the folder is ours
+        export_jobs(run.name, run.checkpoint, run.options, run.specs, resume)
+
+    try:
+        run_stage(run.folder, run.spec, work)
+    except ExportStageFailed as e:  # the stage stays incomplete: a re-run retries just these
+        atomic.write_json(failures, [asdict(f) for f in e.failed])
+    (run.folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier try's, now stale
+
+
+def export_models(config: PipelineConfig, data: str, models: dict[str, Path],
+                  executor: Executor) -> tuple[list[Path], list[FailedArtifact]]:
+    """Every model to every `export` spec on `executor`, each model in `out/export/<name>/`.
 
     Returns the artifacts and the failed jobs. A failed job does not stop the others: they are
     exported, benched and reported, and the failed one is listed with its reason. A re-run
-    retries only the failed jobs (the folder's `done.json` lists the finished ones).
+    retries only the failed jobs (the folder's `done.json` lists the finished ones). A stage
+    that broke off (its worker died, its checkpoint would not load) counts its unfinished jobs
+    as failed, with the stage's error.
     """
+    runs = plan_exports(config, data, models)
+    work = [Work(r.name, r.folder, r, record=STAGE_FILE) for r in runs
+            if not stage_done(r.folder, r.spec)]
+    outcome = executor.run(work, run_exports)
     artifacts: list[Path] = []
     failed: list[FailedArtifact] = []
-    for name, checkpoint in models.items():
-        folder = Path(config.out) / "export" / name
-        options = replace(config.export_options, out=folder, name=name, calibration_data=data,
-                          download=config.download)
-        spec = {"checkpoint_sha256": file_sha256(checkpoint), "options": to_dict(options),
-                "export": [to_dict(e) for e in config.export]}
-
-        def work(resume: bool, name: str = name, checkpoint: Path = checkpoint,
-                 options: ExportConfig = options) -> None:
-            export_jobs(name, checkpoint, options, config.export, resume)
-
-        try:
-            run_stage(folder, spec, work)
-        except ExportStageFailed as e:
-            failed += e.failed
-        artifacts += exported_files(folder)
+    for run in runs:
+        error = outcome.get(run.name)
+        if error is not None:
+            done = _ledger(run.folder)
+            failed += [FailedArtifact(run.name, e.target, e.quantize, error) for e in run.specs
+                       if f"{e.target}:{e.quantize}" not in done]
+        elif (run.folder / EXPORT_FAILURES).exists():
+            records = json.loads((run.folder / EXPORT_FAILURES).read_text(encoding="utf-8"))
+            failed += [FailedArtifact(**r) for r in records]
+        artifacts += exported_files(run.folder)
     return artifacts, failed
 
 
@@ -305,11 +426,12 @@ def export_jobs(name: str, checkpoint: Path, options: ExportConfig, specs: list[
     """Run each export spec not yet done in `options.out`, recording the files each wrote in its
     `done.json`; raise `ExportStageFailed` at the end if any failed, so the stage stays
     incomplete and a re-run retries just those."""
+    from kdpipe import quiet
     from kdpipe.export import ExportFailed, run_export
 
     folder = Path(options.out)
     ledger = folder / EXPORT_LEDGER
-    done = json.loads(ledger.read_text()) if resume and ledger.exists() else {}
+    done = _ledger(folder) if resume else {}
     failed = []
     for e in specs:
         key = f"{e.target}:{e.quantize}"
@@ -317,8 +439,9 @@ def export_jobs(name: str, checkpoint: Path, options: ExportConfig, specs: list[
             console.print(f"[dim]{name} {e.target} {e.quantize}: exported before, kept[/]")
             continue
         try:
-            results = run_export(checkpoint, replace(options, target=[e.target],
-                                                     quantize=[e.quantize]))
+            with quiet.native_stderr():  # ExecuTorch's C++ lines, as `kdpipe export` hides them
+                results = run_export(checkpoint, replace(options, target=[e.target],
+                                                         quantize=[e.quantize]))
         except ExportFailed as err:
             failed += [FailedArtifact(name, r.target, r.quantize, r.reason)
                        for r in err.results if r.status == "failed"]
@@ -329,11 +452,16 @@ def export_jobs(name: str, checkpoint: Path, options: ExportConfig, specs: list[
         raise ExportStageFailed(failed)
 
 
+def _ledger(folder: Path) -> dict[str, list[str]]:
+    """The folder's `done.json`: finished export jobs, "target:quantize" -> the files written."""
+    ledger = folder / EXPORT_LEDGER
+    return json.loads(ledger.read_text(encoding="utf-8")) if ledger.exists() else {}
+
+
 def exported_files(folder: Path) -> list[Path]:
     """The artifacts the export jobs of `folder` returned, as its `done.json` records them."""
-    ledger = folder / EXPORT_LEDGER
-    done = json.loads(ledger.read_text()) if ledger.exists() else {}
-    return [folder / f for files in done.values() for f in files if (folder / f).exists()]
+    return [folder / f for files in _ledger(folder).values() for f in files
+            if (folder / f).exists()]
 
 
 def bench_everything(config: PipelineConfig, data: str, files: list[Path]) -> Path:
@@ -353,12 +481,23 @@ def run_pipeline(config: PipelineConfig) -> Path:
     """Run (or resume) every stage; returns the path of the report's `index.md`.
 
     `out` is locked for the whole run: a second pipeline on it is refused, not interleaved.
+    The training runs and the exports run on `config.executor`; bench and the report here.
     """
+    executor = make_executor(config)  # before any work: `ray` without Ray says how to install it
     with runlock.hold(config.out, purpose="--out"):
-        return _run_stages(config)
+        return _run_stages(config, executor)
 
 
-def _run_stages(config: PipelineConfig) -> Path:
+def make_executor(config: PipelineConfig) -> Executor:
+    """The executor `config` names (`local`, `ray`), set up from its Ray options."""
+    from kdpipe.executors import EXECUTORS
+
+    return EXECUTORS.get(config.executor)(address=config.ray_address,
+                                          shared_storage=config.shared_storage,
+                                          **to_dict(config.resources))
+
+
+def _run_stages(config: PipelineConfig, executor: Executor) -> Path:
     from kdpipe.report.pipeline_report import write_pipeline_report
 
     data, teacher = resolve_inputs(config)
@@ -366,13 +505,14 @@ def _run_stages(config: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "config.json", to_dict(config))
     console.rule("[bold]1/3 distill")
-    students = train_students(config, data, teacher)
+    students = train_students(config, data, teacher, executor)
     for name, checkpoint in students.items():  # one line per run, skipped (up-to-date) ones too
         console.print(run_line(name, load_train_summary(checkpoint.parent).to_json()),
                       highlight=False)
     models = {"teacher": teacher, **students} if config.export_teacher else dict(students)
     console.rule("[bold]2/3 export")
-    artifacts, failed = export_models(config, data, models) if config.export else ([], [])
+    artifacts, failed = (export_models(config, data, models, executor) if config.export
+                         else ([], []))
     console.rule("[bold]3/3 bench")
     bench = bench_everything(config, data, [*models.values(), *artifacts])
     index = write_pipeline_report(out, config=to_dict(config), teacher=teacher,

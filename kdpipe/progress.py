@@ -1,8 +1,8 @@
-"""One look for every progress bar in kdpipe (rich), off when asked; plain lines off a terminal."""
+"""kdpipe's console: one look for every progress bar (rich), off when asked, plain lines off a
+terminal; and counted nouns ("1 epoch", "2 threads")."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -67,6 +67,20 @@ def progress_bar(enabled: bool = True) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    if enabled and not sys.stderr.isatty():
+    # The console's own file, not sys.stderr: while third-party output is captured (kdpipe.quiet)
+    # sys.stderr is a file, but the console still writes to the terminal.
+    if enabled and not _isatty(console.file):
         return PlainProgress(*columns, console=console, transient=True)
     return Progress(*columns, console=console, disable=not enabled, transient=True)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or file-less stream
+        return False
+
+
+def plural(count: int | float | str, noun: str) -> str:
+    """`1 epoch`, `2 epochs`, `? threads`: the count and the noun, plural unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

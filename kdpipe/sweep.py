@@ -59,13 +59,14 @@ from kdpipe.config import (
     to_dict,
 )
 from kdpipe.errors import KdpipeError
-from kdpipe.executors.base import Work
+from kdpipe.executors.base import Work, ordered_by_cache, teacher_cache_key
 from kdpipe.progress import console
 from kdpipe.report.records import SweepRow, load_train_summary
 from kdpipe.report.sweep_report import format_value, write_report
 from kdpipe.train.config import DistillConfig
-from kdpipe.train.distill import distill, resolve_student
-from kdpipe.train.methods import METHODS, label, needs_teacher, reads
+
+# kdpipe.train.distill and .methods (torch, torch._dynamo) are imported where they run, so that
+# `kdpipe --help`, which imports this module for the sweep command's options, stays fast.
 
 CELL_FILE = "cell.json"
 # Options that change where or how a cell runs, not its result (`option(..., result=False)`):
@@ -158,11 +159,13 @@ def grid_points(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 def method_fields() -> set[str]:
     """Options some method reads (temperature, alpha, hint_layer, ...)."""
+    from kdpipe.train.methods import METHODS
     return {f for name in METHODS.names() for f in METHODS.get(name).reads}
 
 
 def canonical(config: DistillConfig, base: DistillConfig) -> DistillConfig:
     """`config` with the options its method does not read reset to the base value."""
+    from kdpipe.train.methods import reads
     unread = method_fields() - set(reads(config.method))
     return replace(config, **{f: getattr(base, f) for f in unread})
 
@@ -184,6 +187,8 @@ def _part(name: str, value: Any) -> str:
 
 def expand(spec: SweepFile, out: Path) -> list[Cell]:
     """Every cell of the sweep, seed by seed in grid order, each once."""
+    from kdpipe.train.distill import resolve_student
+    from kdpipe.train.methods import reads
     base = resolve_student(from_dict(DistillConfig, spec.base, where="[base]"))
     default_seeds = spec.seeds if spec.seeds is not None else [base.seed]
     runs = []  # (seed, config) in grid order; a table's own `seeds` replace the top-level ones
@@ -236,6 +241,13 @@ def is_done(cell: Cell) -> bool:
             f"{', '.join(changed)}); delete that folder to rerun it, or sweep into another out"
         )
     return (cell.folder / "summary.json").exists()
+
+
+def distill(config: DistillConfig, resume: bool = False) -> Any:
+    """`kdpipe.train.distill.distill`, imported on first use (the seam tests replace)."""
+    from kdpipe.train.distill import distill as run
+
+    return run(config, resume=resume)
 
 
 def run_cell(cell: Cell) -> None:
@@ -301,22 +313,14 @@ def _run_cells(spec: SweepFile, root: Path, cells: list[Cell], done: dict[str, b
 def plan_work(cells: list[Cell]) -> list[Work]:
     """The cells as executor work, in order; a cell reading a teacher cache that an earlier cell
     of this run fills (same cache folder, same seed) waits for that cell."""
-    fillers: dict[tuple[str, int], str] = {}
-    work = []
-    for cell in cells:
-        c = cell.config
-        cached = c.teacher_cache and needs_teacher(c.method)
-        key = (str(c.teacher_cache), c.seed) if cached else None
-        after = fillers.get(key) if key else None
-        if key and key not in fillers:
-            fillers[key] = cell.name
-        work.append(Work(name=cell.name, folder=cell.folder, cell=cell, after=after))
-    return work
+    work = [Work(name=cell.name, folder=cell.folder, cell=cell) for cell in cells]
+    return ordered_by_cache(work, lambda cell: teacher_cache_key(cell.config))
 
 
 # --------------------------------------------------------------------------- results
 def collect(cells: list[Cell]) -> list[SweepRow]:
     """A record per finished cell: its settings, top-1 and costs."""
+    from kdpipe.train.methods import label, reads
     rows = []
     for cell in cells:
         if not (cell.folder / "summary.json").exists():

@@ -19,8 +19,11 @@ from kdpipe.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
+    LOADERS,
     BatchLoader,
     Dataset,
+    Loader,
+    LoaderOptions,
     ReferenceLoader,
     crop_flip,
     default_data_path,
@@ -539,6 +542,28 @@ def test_make_loader_picks_by_name():
     assert isinstance(make_loader("reference", x, y, **kw), ReferenceLoader)
     with pytest.raises(KdpipeError, match="reference, tensor"):
         make_loader("fast", x, y, **kw)
+
+
+def test_one_options_object_builds_every_loader_as_its_keywords_do(fake):
+    """`LoaderOptions` declares the loaders' options once: passing one equals passing its fields
+    as keywords, keywords next to one override it, and an unknown name is refused."""
+    x, y = random_images(24, 11), torch.arange(24) % 10
+    options = LoaderOptions(batch_size=8, train=True, seed=5, num_workers=0, **LOADER_KW)
+    for kind in LOADERS.names():
+        by_options = make_loader(kind, x, y, options)
+        by_keywords = make_loader(kind, x, y, batch_size=8, train=True, seed=5, num_workers=0,
+                                  **LOADER_KW)
+        assert isinstance(by_options, Loader) and by_options.options == by_keywords.options
+        assert [b[1].tolist() for b in _batches(by_options, 2)] == [
+            b[1].tolist() for b in _batches(by_keywords, 2)]
+        evaluation = make_loader(kind, x, y, options, train=False)
+        assert evaluation.options.train is False and evaluation.drop_last is False
+        assert len(evaluation) == 3 and len(by_options) == 3
+    folder = ReferenceLoader.from_image_folder(fake.folder / "test", options, train=False)
+    assert folder.options == LoaderOptions(batch_size=8, train=False, seed=5, num_workers=0,
+                                           **LOADER_KW)
+    with pytest.raises(TypeError, match="batch_sise"):
+        BatchLoader(x, y, batch_sise=8, train=True, **LOADER_KW)
 
 
 # ------------------------------------------------------------------------------- the real data

@@ -184,12 +184,66 @@ def test_one_failed_artifact_does_not_sink_the_pipeline(tiny_pipeline, monkeypat
     assert "kd/kd.pt" in {row["name"] for row in report["bench"]["rows"]}
 
 
+def test_a_failed_training_run_does_not_stop_the_others_and_a_rerun_redoes_only_it(
+        tiny_pipeline, monkeypatch):
+    """The train stage is a list of executor items (as a sweep's cells): kd raising leaves the
+    scratch run finished, names kd and its error.txt, and the next run resumes only kd."""
+    from kdpipe.errors import KdpipeError
+
+    class FailOnce(Interrupt):
+        def __call__(self, *args, **kwargs):
+            if not self.calls:
+                self.calls.append(kwargs.get("resume"))
+                raise RuntimeError("boom")
+            return super().__call__(*args, **kwargs)
+
+    scratch = Interrupt(kdpipe.train.train_baseline)
+    kd = FailOnce(distill_module.distill)
+    monkeypatch.setattr(kdpipe.train, "train_baseline", scratch)
+    monkeypatch.setattr(distill_module, "distill", kd)
+    config = load_pipeline_config(str(tiny_pipeline), {})
+    with pytest.raises(KdpipeError, match=r"1 of 2 training runs failed \(kd: RuntimeError: boom"):
+        run_pipeline(config)
+    out = tiny_pipeline.parent / "report"
+    assert (out / "scratch" / "summary.json").exists()
+    assert json.loads((out / "scratch" / "summary.json").read_text())["executor"] == "local"
+    assert "boom" in (out / "kd" / "error.txt").read_text()
+    export = Interrupt(kdpipe.export.run_export)
+    export.armed = True  # stop once training is done: this test is about the train stage
+    monkeypatch.setattr(kdpipe.export, "run_export", export)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config)
+    assert scratch.calls == [False] and kd.calls == [False, True]
+    assert not (out / "kd" / "error.txt").exists()
+
+
+def test_runs_reading_a_teacher_cache_wait_for_the_first_that_fills_it(tmp_path):
+    """Under Ray the runs go in parallel: the first teacher-reading run fills the cache and the
+    others sharing it are ordered after it; the scratch baseline waits for nothing."""
+    from dataclasses import replace
+
+    from kdpipe.executors import Work, ordered_by_cache, teacher_cache_key
+    from kdpipe.pipeline import PipelineConfig, plan_training
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"weights")
+    config = PipelineConfig(out=str(tmp_path / "out"), methods=["kd", "rkd", "fitnets"],
+                            distill={"teacher_cache": str(tmp_path / "cache")})
+    runs = plan_training(config, "data", teacher)
+    work = ordered_by_cache([Work(r.name, r.folder, r) for r in runs],
+                            lambda run: teacher_cache_key(run.config))
+    assert {w.name: w.after for w in work} == {"scratch": None, "kd": None, "rkd": "kd",
+                                               "fitnets": "kd"}
+    uncached = plan_training(replace(config, distill={}), "data", teacher)
+    assert all(teacher_cache_key(r.config) is None for r in uncached)
+
+
 def test_builtin_quickstart_config_names_its_inputs(tmp_path, monkeypatch):
     assert {"quickstart", "full"} <= set(builtin_configs())
     config = load_pipeline_config(None, {"out": str(tmp_path / "q")})
     assert config.methods == ["kd"] and config.student == "resnet20"
     monkeypatch.chdir(tmp_path)  # no ../shared here and no data given
-    monkeypatch.setattr("kdpipe.pipeline.default_data_path", lambda: None)
+    monkeypatch.setattr("kdpipe.data.default_data_path", lambda: None)
     result = CliRunner().invoke(app, ["pipeline", "--out", str(tmp_path / "q")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--download" in result.output

@@ -106,3 +106,22 @@ def test_every_runtime_reproduces_pytorch_on_the_artifacts_it_opens(exported, ch
             np.testing.assert_allclose(out, expected, atol=1e-3, err_msg=artifact.name)
         else:
             assert np.isfinite(out).all(), artifact.name
+
+
+def test_method_options_name_registered_methods_and_cover_their_labels():
+    """A method's options are the DistillConfig fields whose `read_by` names it: every name there
+    is a registered method, and every option a method's table label shows is one it reads."""
+    import dataclasses
+    import string
+
+    from kdpipe.train.config import DistillConfig
+    from kdpipe.train.methods import METHODS
+
+    for f in dataclasses.fields(DistillConfig):
+        assert set(f.metadata.get("read_by", ())) <= set(METHODS.names()), f.name
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        shown = {field for _, field, _, _ in string.Formatter().parse(method.label) if field}
+        assert shown <= set(method.reads), (name, shown - set(method.reads))
+    assert METHODS.get("fitnets").reads == ("hint_layer", "hint_epochs", "temperature", "alpha")
+    assert METHODS.get("scratch").reads == ()

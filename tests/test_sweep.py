@@ -246,6 +246,22 @@ def test_shipped_configs_parse(name, cells):
         assert base.teacher_checkpoint.endswith("resnet110-cifar10jpeg.th")
 
 
+def test_cells_reading_a_teacher_cache_wait_for_the_first_that_fills_it():
+    from kdpipe.sweep import plan_work
+
+    spec = read_sweep(ROOT / "kdpipe" / "configs" / "sweep-resnet.toml")
+    work = plan_work(expand(spec, Path("out")))
+    by_seed = {seed: [w for w in work if w.cell.config.seed == seed] for seed in (0, 1)}
+    for seed, items in by_seed.items():
+        filler = next(w for w in items if w.cell.config.method != "scratch")
+        assert filler.after is None  # the first KD cell of a seed fills that seed's cache
+        for w in items:
+            expected = None if w is filler or w.cell.config.method == "scratch" else filler.name
+            assert w.after == expected, (seed, w.name)
+    # The seeds' caches are distinct: seed 1 never waits on a seed-0 cell.
+    assert all(w.after is None or w.after.endswith("-s1") for w in by_seed[1])
+
+
 def test_cli_sweep_dry_run_and_run(tmp_path, fake):
     sweep = write(tmp_path, GRID)
     runner = CliRunner()

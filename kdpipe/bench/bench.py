@@ -28,6 +28,7 @@ from kdpipe.bench.devices import (
     RunOutcome,
     open_device,
 )
+from kdpipe.config import import_modules
 from kdpipe.errors import KdpipeError
 from kdpipe.models import check_fits_data
 from kdpipe.progress import progress_bar
@@ -45,6 +46,7 @@ def run_bench(paths: Sequence[str | Path],
     """Bench every file, write the report into `config.out`; returns it and its file paths."""
     if not paths:
         raise KdpipeError("nothing to bench: pass one or more artifacts or checkpoints")
+    import_modules(config.imports)  # before a checkpoint names a model they register
     artifacts = [open_artifact(p) for p in without_sidecars(paths)]
     work = [(a, r) for a in artifacts for r in runtimes_for(a, config.runtimes or None)]
     unrun = [a for a in artifacts if not any(a is w for w, _ in work)]
@@ -53,7 +55,7 @@ def run_bench(paths: Sequence[str | Path],
                 batch_sizes=tuple(dict.fromkeys(config.batch_sizes)), warmup=config.warmup,
                 iters=config.iters,
                 time_budget_s=config.time_budget_s, min_time_s=config.min_time_s,
-                memory=config.memory, images=images)
+                memory=config.memory, images=images, imports=tuple(config.imports))
     with _torch_threads_restored(), open_device(config.device, _device_options(config)) as device:
         device.prepare(work)
         rows, notes = bench_all(device, work, plan, config.progress)
@@ -173,6 +175,7 @@ def protocol(plan: Plan) -> dict[str, Any]:
         "input": f"one pre-allocated float32 batch, uniform [0, 1), numpy seed {INPUT_SEED}",
         "timer": "time.perf_counter_ns around each call (after a device sync on GPUs)",
         "percentiles": "numpy.percentile, linear interpolation",
+        "imports": list(plan.imports),  # user modules that registered the models (--import)
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdpipe.config import option
+from kdpipe.config import IMPORT_HELP, option
 from kdpipe.errors import KdpipeError
 from kdpipe.runtime.latency import (
     DEFAULT_ITERS,
@@ -39,6 +39,9 @@ class BenchConfig:
                                "machine; 0 = exactly --iters calls)")
     time_budget_s: float | None = option(None, "stop timing a batch size after this many seconds "
                                          f"(at least {MIN_TIMED_CALLS} calls)")
+    # A checkpoint of a model registered from user code needs that code here and in the memory
+    # subprocess; where the code comes from does not change a number.
+    imports: list[str] = option(help=IMPORT_HELP, factory=list, result=False, flag="import")
     # test data (as for `kdpipe train`)
     data: str | None = option(None, "ImageFolder tree, .tar(.gz) of one, or cifar-10-batches-py "
                               "folder [default: ../shared/datasets/cifar10-images.tar.gz if "

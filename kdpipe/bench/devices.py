@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kdpipe import quiet
 from kdpipe.errors import KdpipeError
 from kdpipe.registry import Registry
 from kdpipe.runtime import Runtime
@@ -46,6 +47,7 @@ class Plan:
     min_time_s: float
     memory: bool
     images: LabelledImages | None
+    imports: tuple[str, ...] = ()  # the user's modules (`--import`) the memory subprocess needs
 
 
 @dataclass
@@ -139,7 +141,8 @@ class LocalDevice:
         available, why = runtime.available_for(artifact)
         if not available:
             return RunOutcome(status="skipped", reason=why)
-        outcome = self._time(artifact, runtime, plan)
+        with quiet.native_stderr():  # a runtime's C++ notices as it loads (kdpipe.quiet)
+            outcome = self._time(artifact, runtime, plan)
         if outcome.status == "ok" and plan.memory:
             self._memory(artifact, runtime, plan, outcome)
         return outcome
@@ -176,6 +179,9 @@ class LocalDevice:
         batches = sorted(outcome.latency) or [1]
         try:
             outcome.peak_rss_mb = measure_in_subprocess(artifact, runtime.name, plan.threads,
-                                                        batches, Path(self._scratch.name))
+                                                        batches, Path(self._scratch.name),
+                                                        imports=plan.imports)
         except KdpipeError as e:
-            outcome.reason = f"peak RSS not measured: {e}"
+            hint = ("; pass the module that registers it with --import MODULE"
+                    if "unknown model" in str(e) and not plan.imports else "")
+            outcome.reason = f"peak RSS not measured: {e}{hint}"

@@ -7,7 +7,10 @@ runtime it measures (ONNX Runtime's number does not include PyTorch unless the r
 so the figure is what an app process running that artifact would need, interpreter included.
 
     python -m kdpipe.bench.measure_memory ARTIFACT.json --runtime onnxruntime --threads 2 \
-        --batch-sizes 1,32
+        --batch-sizes 1,32 [--import mymodels]
+
+`--import` names the user's modules that register the model of a checkpoint (`kdpipe bench
+--import`): the child imports them before it loads the file, as the bench process did.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdpipe.config import import_modules, import_specs_for_child
 from kdpipe.errors import KdpipeError
 from kdpipe.runtime.artifact import Artifact
 
@@ -40,13 +44,18 @@ def peak_rss_bytes() -> int | None:
 
 
 def measure_in_subprocess(artifact: Artifact, runtime: str, threads: int,
-                          batch_sizes: Sequence[int], scratch: Path) -> float:
-    """Peak RSS in MiB of a fresh `python -m kdpipe.bench.measure_memory` run of one artifact."""
+                          batch_sizes: Sequence[int], scratch: Path,
+                          imports: Sequence[str] = ()) -> float:
+    """Peak RSS in MiB of a fresh `python -m kdpipe.bench.measure_memory` run of one artifact;
+    `imports` are the user's modules (already imported here) that the child imports first."""
     spec = scratch / "artifact.json"
     spec.write_text(json.dumps(artifact.to_json()), encoding="utf-8")
+    specs, roots = import_specs_for_child(imports)
     argv = [sys.executable, "-m", "kdpipe.bench.measure_memory", str(spec), "--runtime", runtime,
-            "--threads", str(threads), "--batch-sizes", ",".join(map(str, batch_sizes))]
-    path = os.pathsep.join(p for p in (_kdpipe_root(), os.environ.get("PYTHONPATH")) if p)
+            "--threads", str(threads), "--batch-sizes", ",".join(map(str, batch_sizes)),
+            *(arg for name in specs for arg in ("--import", name))]
+    path = os.pathsep.join(p for p in (_kdpipe_root(), *roots, os.environ.get("PYTHONPATH"))
+                           if p)
     env = {**os.environ, "PYTHONPATH": path}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
@@ -75,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch-sizes", required=True, help="comma-separated, e.g. 1,32")
     parser.add_argument("--calls", type=int, default=CALLS_PER_BATCH)
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        help="a module (or .py file) registering the checkpoint's model")
     args = parser.parse_args(argv)
+    import_modules(args.imports)
 
     from kdpipe.runtime import runtime
     from kdpipe.runtime.latency import random_input

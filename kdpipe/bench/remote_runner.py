@@ -82,14 +82,18 @@ def emulated():
 
 
 def probe():
+    is_emulated = emulated()
+    cpu = cpu_model()
+    if is_emulated:  # qemu-user shows the host's CPU: say whose it is
+        cpu = f"qemu-user {platform.machine()} on {cpu}"
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},
-        "emulated": emulated(),
+        "emulated": is_emulated,
     }
 
 

@@ -15,7 +15,14 @@ from kdpipe.data.dataset import (
     default_data_path,
     load_dataset,
 )
-from kdpipe.data.loader import LOADERS, BatchLoader, Loader, make_loader, normalize
+from kdpipe.data.loader import (
+    LOADERS,
+    BatchLoader,
+    Loader,
+    LoaderOptions,
+    make_loader,
+    normalize,
+)
 from kdpipe.data.reference import ReferenceLoader
 from kdpipe.data.sources import HOW_TO_GET_DATA
 from kdpipe.data.splits import subset
@@ -27,6 +34,7 @@ __all__ = [
     "HOW_TO_GET_DATA",
     "LOADERS",
     "Loader",
+    "LoaderOptions",
     "BatchLoader",
     "Dataset",
     "ReferenceLoader",

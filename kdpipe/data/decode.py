@@ -16,8 +16,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kdpipe.progress import console
 
 # What torchvision's ImageFolder accepts, minus formats PIL cannot always read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
@@ -95,7 +96,7 @@ def progress_bar(
     """A rich progress bar on stderr (stdout stays clean for results); `advance(n)` moves it."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled,
+    with Progress(*columns, console=console, disable=not enabled,
                   transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

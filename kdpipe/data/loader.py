@@ -12,8 +12,10 @@ outputs can therefore be computed once per epoch and shared.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -24,11 +26,45 @@ from kdpipe.errors import KdpipeError
 from kdpipe.registry import Registry
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a loader batches one split: the options of every loader in `LOADERS`, declared once.
+
+    A loader takes one (`BatchLoader(images, labels, options)`) or the same names as keywords
+    (`BatchLoader(images, labels, batch_size=128, train=True, mean=..., std=...)`).
+    """
+
+    batch_size: int  # images per batch, per process
+    train: bool  # shuffled, cropped and flipped, and by default the partial batch dropped
+    mean: Sequence[float]  # per channel, of images scaled to [0, 1]
+    std: Sequence[float]
+    device: torch.device | str = "cpu"  # where the batches are made and returned
+    seed: int = 0  # with the epoch, decides the order and the augmentation
+    channels_last: bool = False  # batches in channels-last memory format
+    drop_last: bool | None = None  # None: drop the partial batch when training only
+    rank: int = 0  # this process's shard of `world_size` (distributed training)
+    world_size: int = 1
+    num_workers: int = 2  # the reference loader's worker processes; the tensor loader has none
+
+    @property
+    def drops_last(self) -> bool:
+        """Whether the last partial batch is dropped (`drop_last`, else `train`)."""
+        return self.train if self.drop_last is None else self.drop_last
+
+
+def loader_options(options: LoaderOptions | None, overrides: dict[str, Any]) -> LoaderOptions:
+    """`options` with `overrides` (option name -> value) applied, or built from `overrides`
+    alone; an unknown name is a `TypeError`, as from a function's signature."""
+    if options is None:
+        return LoaderOptions(**overrides)
+    return dataclasses.replace(options, **overrides) if overrides else options
+
+
 @runtime_checkable
 class Loader(Protocol):
     """What the trainer iterates: the tensor loader and the reference loader alike (chosen by
-    `TrainConfig.loader`). Both take the keyword arguments of `BatchLoader`, plus `num_workers`
-    for the reference one."""
+    `TrainConfig.loader`). Each is built as `cls(images, labels, options: LoaderOptions)` (or
+    with the options as keywords)."""
 
     batch_size: int
     num_samples: int
@@ -89,11 +125,10 @@ def shard_order(
     return order[rank::world_size]
 
 
-def check_loader_args(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
-    std: Sequence[float], rank: int, world_size: int,
-) -> None:
+def check_loader_args(images: torch.Tensor, labels: torch.Tensor, options: LoaderOptions) -> None:
     """Programming errors in a loader's arguments, caught early with a clear message."""
+    mean, std, batch_size = options.mean, options.std, options.batch_size
+    rank, world_size = options.rank, options.world_size
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(
             f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}"
@@ -115,37 +150,25 @@ class BatchLoader:
     `train=True`: shuffled, random crop (4-pixel zero padding) and horizontal flip, and by default
     the last partial batch dropped. `train=False`: in order, no augmentation, nothing dropped.
     Call `set_epoch(e)` before each epoch, as with `DistributedSampler`: the same (seed, epoch)
-    gives identical batches.
+    gives identical batches. The options are a `LoaderOptions` or its fields as keywords
+    (`num_workers` is ignored: no workers here).
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        train: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        check_loader_args(images, labels, batch_size, mean, std, rank, world_size)
-        self.device = torch.device(device)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 options: LoaderOptions | None = None, **overrides: Any) -> None:
+        o = self.options = loader_options(options, overrides)
+        check_loader_args(images, labels, o)
+        self.device = torch.device(o.device)
         self.images = images.to(self.device)  # once; a no-op for CPU tensors on the CPU
         self.labels = labels.to(self.device, torch.int64)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.channels_last = channels_last
-        self.drop_last = train if drop_last is None else drop_last
-        self.rank, self.world_size = rank, world_size
+        self.batch_size = o.batch_size
+        self.train = o.train
+        self.seed = o.seed
+        self.channels_last = o.channels_last
+        self.drop_last = o.drops_last
+        self.rank, self.world_size = o.rank, o.world_size
         self.epoch = 0
-        self._mean, self._std = _channel_stats(mean, std, self.device)
+        self._mean, self._std = _channel_stats(o.mean, o.std, self.device)
         self.num_samples = len(self.order())
 
     def set_epoch(self, epoch: int) -> None:
@@ -179,13 +202,9 @@ class BatchLoader:
             yield x, self.labels.index_select(0, idx)
 
 
-def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> Loader:
-    """The loader registered as `kind` ("tensor" or "reference"); an unknown kind lists both.
-
-    `num_workers` is dropped for the tensor loader, which needs no workers, so one config can
-    carry it whichever loader it names.
-    """
-    cls = LOADERS.get(kind)
-    if cls is BatchLoader:
-        kwargs.pop("num_workers", None)
-    return cls(images, labels, **kwargs)
+def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor,
+                options: LoaderOptions | None = None, **overrides: Any) -> Loader:
+    """The loader registered as `kind` ("tensor" or "reference") over `images` and `labels`;
+    an unknown kind lists both. The options as for `BatchLoader`: one config carries them all
+    (`num_workers` too) whichever loader it names."""
+    return LOADERS.get(kind)(images, labels, loader_options(options, overrides))

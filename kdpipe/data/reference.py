@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,7 +20,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from kdpipe.data import seeding
 from kdpipe.data.augment import CROP_PADDING
-from kdpipe.data.loader import LOADERS, check_loader_args, shard_order
+from kdpipe.data.loader import (
+    LOADERS,
+    LoaderOptions,
+    check_loader_args,
+    loader_options,
+    shard_order,
+)
 
 
 def reference_transform(
@@ -74,80 +81,46 @@ class ReferenceLoader:
     """`BatchLoader`'s interface over a `DataLoader` with per-image PIL transforms.
 
     Reads uint8 tensors (each image turned back into a PIL image) or, through
-    `from_image_folder`, a torchvision `ImageFolder` directory.
+    `from_image_folder`, a torchvision `ImageFolder` directory. The options are `BatchLoader`'s
+    (a `LoaderOptions` or its fields as keywords); `num_workers` sets the worker processes.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        train: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 2,
-    ) -> None:
-        check_loader_args(images, labels, batch_size, mean, std, rank, world_size)
-        transform = reference_transform(train, mean, std, size=images.shape[-1])
-        self._setup(TensorImageDataset(images, labels, transform), batch_size=batch_size,
-                    train=train, device=device, seed=seed, channels_last=channels_last,
-                    drop_last=drop_last, rank=rank, world_size=world_size,
-                    num_workers=num_workers)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 options: LoaderOptions | None = None, **overrides: Any) -> None:
+        o = loader_options(options, overrides)
+        check_loader_args(images, labels, o)
+        transform = reference_transform(o.train, o.mean, o.std, size=images.shape[-1])
+        self._setup(TensorImageDataset(images, labels, transform), o)
 
     @classmethod
-    def from_image_folder(
-        cls,
-        folder: str | Path,
-        *,
-        batch_size: int,
-        train: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
-        image_size: int = 32,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 2,
-    ) -> ReferenceLoader:
+    def from_image_folder(cls, folder: str | Path, options: LoaderOptions | None = None, *,
+                          image_size: int = 32, **overrides: Any) -> ReferenceLoader:
         """A loader over one split folder (`folder/<class>/<image>`) read by torchvision's
-        `ImageFolder`: the plain baseline exactly as a CIFAR script would write it."""
+        `ImageFolder`: the plain baseline exactly as a CIFAR script would write it. The
+        options as for the constructor; `image_size` is the images' side in pixels."""
         from torchvision.datasets import ImageFolder
 
-        dataset = ImageFolder(str(folder), transform=reference_transform(train, mean, std,
+        o = loader_options(options, overrides)
+        dataset = ImageFolder(str(folder), transform=reference_transform(o.train, o.mean, o.std,
                                                                          image_size))
         loader = cls.__new__(cls)
-        loader._setup(dataset, batch_size=batch_size, train=train, device=device, seed=seed,
-                      channels_last=channels_last, drop_last=drop_last, rank=rank,
-                      world_size=world_size, num_workers=num_workers)
+        loader._setup(dataset, o)
         return loader
 
-    def _setup(
-        self, dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool,
-        device: torch.device | str, seed: int, channels_last: bool, drop_last: bool | None,
-        rank: int, world_size: int, num_workers: int,
-    ) -> None:
-        self.device = torch.device(device)
-        self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.channels_last = channels_last
-        self.drop_last = train if drop_last is None else drop_last
+    def _setup(self, dataset: torch.utils.data.Dataset, options: LoaderOptions) -> None:
+        o = self.options = options
+        self.device = torch.device(o.device)
+        self.batch_size, self.train, self.seed = o.batch_size, o.train, o.seed
+        self.channels_last = o.channels_last
+        self.drop_last = o.drops_last
         self.epoch = 0
-        self.sampler = ShardSampler(len(dataset), train=train, seed=seed, rank=rank,
-                                    world_size=world_size)
+        self.sampler = ShardSampler(len(dataset), train=o.train, seed=o.seed, rank=o.rank,
+                                    world_size=o.world_size)
         self.num_samples = len(self.sampler)
         # Worker seeds come from this generator when an epoch starts; reseeded in __iter__.
         self._generator = torch.Generator()
         self._loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+            dataset, batch_size=o.batch_size, sampler=self.sampler, num_workers=o.num_workers,
             drop_last=self.drop_last, pin_memory=self.device.type == "cuda",
             generator=self._generator,
         )

@@ -1,20 +1,22 @@
-"""Cells as Ray tasks: in parallel on a many-core box or across a cluster.
+"""Sweep cells and pipeline stages as Ray tasks: in parallel on a many-core box or a cluster.
 
 Without an address, `ray.init` starts a local Ray instance (testable on one machine); with one
-(`--ray-address auto` or `ray://host:10001`) it joins a running cluster. Each cell is one task
-with the resources the sweep file's `[resources]` table asks (`num_cpus`, default 1; `num_gpus`,
-default 0: one GPU per cell on a GPU cluster).
+(`--ray-address auto` or `ray://host:10001`) it joins a running cluster. Each item is one task
+with the resources the sweep file's or the pipeline config's `[resources]` table asks
+(`num_cpus`, default 1; `num_gpus`, default 0: one GPU per task on a GPU cluster).
 
-Storage: a cell writes its folder (checkpoints, metrics, summary) and reads the teacher cache by
-path, so every node must see the sweep folder at the same path (a shared filesystem: NFS, Lustre,
-a mounted bucket). A cluster of more than one node is refused unless the user says the folder is
-shared (`--shared-storage`), since results written to a worker's local disk would be lost.
+Storage: an item writes its folder (checkpoints, metrics, summary, artifacts) and reads the
+teacher cache by path, so every node must see the sweep or pipeline folder at the same path (a
+shared filesystem: NFS, Lustre, a mounted bucket). A cluster of more than one node is refused
+unless the user says the folder is shared (`--shared-storage`), since results written to a
+worker's local disk would be lost.
 
 Faults: a task whose worker dies (killed process, lost node) is retried by Ray (`max_retries`),
-and the retried cell resumes from its last epoch checkpoint, like a rerun of the sweep.
+and the retried item resumes where it stopped (a training from its last epoch checkpoint, an
+export stage from its `done.json`), like a rerun of the sweep or pipeline.
 
-Teacher cache: a cell that reads the cache another cell fills (same seed, same cache folder)
-runs after that cell: its task takes the first one's result as an argument, which Ray resolves
+Teacher cache: an item that reads the cache another item fills (same seed, same cache folder)
+runs after that item: its task takes the first one's result as an argument, which Ray resolves
 before starting it.
 """
 
@@ -36,22 +38,22 @@ MAX_RETRIES = 3  # worker deaths survived per cell; each retry resumes from last
 INSTALL_HINT = "pip install 'kdpipe[ray]'"
 
 
-def _run_task(run_cell: Callable[[Any], None], cell: Any, folder: str, cwd: str,
+def _run_task(run_cell: Callable[[Any], None], cell: Any, folder: str, record: str, cwd: str,
               *_after: Any) -> str | None:
-    """The task body on a worker: run the cell where the driver runs (relative paths hold),
-    record where it ran; an error comes back as text (the sweep reports it, Ray does not retry
-    it: a cell that raises would raise again)."""
+    """The task body on a worker: run the item where the driver runs (relative paths hold),
+    record where it ran; an error comes back as text (the sweep or pipeline reports it, Ray does
+    not retry it: an item that raises would raise again)."""
     import ray
 
     os.chdir(cwd)
     started = time.time()
     try:
         run_cell(cell)
-    except Exception as e:  # noqa: BLE001 - reported per cell, as the local executor does
+    except Exception as e:  # noqa: BLE001 - reported per item, as the local executor does
         atomic.write_text(Path(folder) / "error.txt", traceback.format_exc())
         return f"{type(e).__name__}: {e}"
     context = ray.get_runtime_context()
-    record_placement(Path(folder), "ray", node_id=context.get_node_id(),
+    record_placement(Path(folder) / record, "ray", node_id=context.get_node_id(),
                      task_id=context.get_task_id(), started_s=started, finished_s=time.time())
     return None
 
@@ -84,22 +86,26 @@ class RayExecutor:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if len(nodes) > 1 and not self.shared_storage:
             raise KdpipeError(
-                f"this Ray cluster has {len(nodes)} nodes: every cell writes its folder by path, "
-                "so the sweep folder must be on a filesystem every node mounts at the same path "
-                "(NFS, Lustre, a mounted bucket); pass --shared-storage to confirm it is")
+                f"this Ray cluster has {len(nodes)} nodes: every task writes its folder by path, "
+                "so the sweep or pipeline folder must be on a filesystem every node mounts at "
+                "the same path (NFS, Lustre, a mounted bucket); pass --shared-storage to "
+                "confirm it is")
 
     def run(self, work: list[Work], run_cell: Callable[[Any], None],
             on_done: Callable[[str], None] | None = None) -> dict[str, str | None]:
         import ray
 
+        if not work:  # nothing to run: no Ray instance to start or join
+            return {}
         self._connect()
         task = ray.remote(_run_task).options(**self.options)
         cwd = str(Path.cwd())
         refs: dict[str, Any] = {}
-        for item in work:  # in order: a cell's `after` is submitted before it
+        for item in work:  # in order: an item's `after` is submitted before it
             after = [refs[item.after]] if item.after in refs else []
-            refs[item.name] = task.remote(run_cell, item.cell, str(item.folder), cwd, *after)
-        console.print(f"ray: {len(work)} cells submitted ({self.options['num_cpus']} CPU, "
+            refs[item.name] = task.remote(run_cell, item.cell, str(item.folder), item.record,
+                                          cwd, *after)
+        console.print(f"ray: {len(work)} tasks submitted ({self.options['num_cpus']} CPU, "
                       f"{self.options['num_gpus']} GPU each)", highlight=False)
         outcome: dict[str, str | None] = {}
         names = {ref: name for name, ref in refs.items()}
@@ -111,7 +117,7 @@ class RayExecutor:
                 outcome[name] = ray.get(ready[0])
             except ray.exceptions.RayError as e:  # retries used up: the worker kept dying
                 outcome[name] = f"{type(e).__name__}: {e}"
-            console.print(f"cell {name}: {'done' if outcome[name] is None else 'failed'}",
+            console.print(f"{name}: {'done' if outcome[name] is None else 'failed'}",
                           highlight=False)
             if on_done is not None:
                 on_done(name)

@@ -4,6 +4,12 @@ For each (target, quantization) job: wrap the model with its normalization, expo
 staging folder inside `out`, run the artifact in its own runtime on stratified test images
 (the parity check), and only then move it to `out` with its JSON sidecar. A failing artifact is
 deleted, never published; the run goes on with the other jobs and then raises `ExportFailed`.
+
+A checkpoint of quantization-aware distillation (`kdpipe distill --qat`) carries learned INT8
+activation ranges, which travel with its model (`kdpipe.models.checkpoint.learned_quantization`):
+the int8 exports of targets that take them (`learns_int8`: onnx, ort, executorch) use them
+instead of post-training calibration, and their sidecar's `calibration.method` says
+"learned (QAT)"; other targets calibrate as usual and say so in a note.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from kdpipe.export.metadata import (
 )
 from kdpipe.export.parity import check_parity
 from kdpipe.models import check_fits_data
+from kdpipe.models.checkpoint import LearnedQuantization, learned_quantization
 from kdpipe.progress import console
 from kdpipe.runinfo import cpu_facts
 
@@ -136,6 +143,11 @@ def run_export(checkpoint: str | os.PathLike[str], config: ExportConfig,
     ds = _dataset(config, meta, dataset) if config.parity or needs_calibration else None
     test = _test_images(ds, wrapped, config) if config.parity else None
     calibration = _calibration(ds, config) if needs_calibration else None
+    learned = learned_quantization(model)
+    if learned is not None and any(job.quantize == "int8" for job in jobs):
+        console.print(f"the checkpoint carries INT8 activation ranges learned by "
+                      f"quantization-aware distillation ({len(learned.activations)} tensors): "
+                      "int8 exports use them where the target can", highlight=False)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_staging(out)
@@ -188,9 +200,10 @@ def _run_job(job: Job, model: nn.Module, base: ArtifactMetadata, test: ParitySet
     target, quantize = job.target, job.quantize
     precision = PRECISION[quantize]
     uses_calibration = target.needs_calibration(quantize)
+    described, notes = _describe_calibration(target, quantize, calibration if uses_calibration
+                                             else None, learned_quantization(model))
     meta = replace(base, format=target.name, runtime=target.runtime, quantization=precision,
-                   calibration=calibration.describe() if uses_calibration else None,
-                   versions=_versions(target),
+                   calibration=described, notes=base.notes + notes, versions=_versions(target),
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     console.print(f"{target.name} {precision}: exporting", highlight=False)
     name = artifact_name(stem, precision, target.suffix)
@@ -224,6 +237,25 @@ def _run_job(job: Job, model: nn.Module, base: ArtifactMetadata, test: ParitySet
                 r.reason += (f"; removed the earlier {', '.join(removed)} of another checkpoint, "
                              "so it is not taken for this one's")
     return results
+
+
+def _describe_calibration(target: Target, quantize: str, calibration: Calibration | None,
+                          learned: LearnedQuantization | None
+                          ) -> tuple[dict[str, Any] | None, list[str]]:
+    """The sidecar's `calibration` and notes for one job: learned ranges where the target takes
+    a QAT checkpoint's (the images then only calibrate what training did not quantize)."""
+    if calibration is None:
+        return None, []
+    described = calibration.describe()
+    if learned is None or quantize != "int8":
+        return described, []
+    if target.learns_int8:
+        return {**described, "method": "learned (QAT)",
+                "learned_activations": len(learned.activations),
+                "scheme": learned.scheme.get("name", "")}, []
+    return described, [f"the checkpoint carries INT8 ranges learned by quantization-aware "
+                       f"distillation; the {target.name} export does not take them and "
+                       "calibrated post-training instead"]
 
 
 STAGING_PREFIX = ".export-"  # tempfile.mkdtemp's folders for one job each, inside --out
@@ -303,7 +335,7 @@ def _check_and_publish(target: Target, quantize: str, exported: Exported,
     with atomic_path(dest) as tmp:
         os.replace(exported.path, tmp)
     write_json(sidecar_path(dest), full.to_dict())
-    console.print(f"  -> {dest} ({full.size_bytes / 1e6:.3f} MB)", highlight=False)
+    console.print(f"  -> {dest} ({full.size_bytes / 2**10:,.1f} KiB)", highlight=False)
     return ExportResult(target.name, quantize, "ok", path=dest, metadata=full)
 
 
@@ -442,7 +474,7 @@ def print_results(results: list[ExportResult]) -> None:
     # parity images; agree = top-1 agreement (int8 needs >= MIN_INT8_AGREEMENT); top1 = the
     # artifact's accuracy (PyTorch's goes in the caption); kern = int8 kernels vs the file's
     # float simulation; NNAPI = nodes ONNX Runtime Mobile's Android provider takes.
-    table = Table("artifact", "status", "MB", "diff", "agree%", "top1%", "kern%", "NNAPI",
+    table = Table("artifact", "status", "KiB", "diff", "agree%", "top1%", "kern%", "NNAPI",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.columns[0].no_wrap = True
     reasons, references = [], set()
@@ -458,7 +490,7 @@ def print_results(results: list[ExportResult]) -> None:
         usability = (meta.details.get("mobile_usability") if meta else None) or {}
         nnapi = usability.get("NNAPI")
         nnapi_cell = f"{nnapi['supported']}/{nnapi['nodes']}" if nnapi else ""
-        size = f"{meta.size_bytes / 1e6:.3f}" if meta and meta.size_bytes else ""
+        size = f"{meta.size_bytes / 2**10:,.0f}" if meta and meta.size_bytes else ""
         table.add_row(name, r.status, size, *numbers, nnapi_cell)
         why = r.reason or (p.reason if p else "")
         if why:

@@ -99,6 +99,7 @@ class Target(abc.ABC):
     quantizations: ClassVar[dict[str, str]]  # supported --quantize value -> how, for the table
     unsupported: ClassVar[dict[str, str]] = {}  # refused --quantize value -> why
     default_quantize: ClassVar[str] = "none"
+    learns_int8: ClassVar[bool] = False  # its int8 export uses a QAT checkpoint's learned ranges
     package: ClassVar[str | None] = None  # optional dependency (import name), None for core
     extra: ClassVar[str | None] = None  # the pip extra that installs it
     libraries: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the metadata records

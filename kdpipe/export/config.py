@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdpipe.config import comma_list, option
 from kdpipe.errors import KdpipeError
-from kdpipe.export.base import QUANTIZE_CHOICES, Target
-from kdpipe.export.targets import TARGETS
+
+# The target registry (each target module imports PyTorch) loads when a plan or the support
+# table is made, not when the CLI builds its flags from `ExportConfig`.
+if TYPE_CHECKING:
+    from kdpipe.export.base import Target
 
 ALL = "all"
 
@@ -56,6 +60,8 @@ class Job:
 
 def plan(config: ExportConfig) -> tuple[list[Job], list[tuple[str, str, str]]]:
     """(jobs to run, [(target, quantize, why skipped)]); raises `KdpipeError` before any work."""
+    from kdpipe.export.targets import TARGETS
+
     names = _names(config.target, "--target")
     everything = names == [ALL]
     unknown = [n for n in names if n not in TARGETS and not everything]
@@ -105,6 +111,8 @@ def check_sizes(config: ExportConfig) -> None:
 
 
 def _quantizations(values: list[str] | None) -> list[str]:
+    from kdpipe.export.base import QUANTIZE_CHOICES
+
     if values is None:
         return []
     values = _names(values, "--quantize")
@@ -120,12 +128,28 @@ def _names(values: list[str] | str, flag: str) -> list[str]:
     return comma_list(values, str, flag)
 
 
-def support_table() -> str:
-    """Which target supports which --quantize value, and what it needs (a Markdown table)."""
-    rows = ["| target | file | none | fp16 | int8 | needs |", "|---|---|---|---|---|---|"]
+SUPPORT_HEADER = ["target", "file", "none", "fp16", "int8", "needs"]
+
+
+def support_rows() -> list[list[str]]:
+    """Which target supports which --quantize value, and what it needs (`kdpipe[extra]`, to pip
+    install, or `(core)`): one row per target, in the columns of `SUPPORT_HEADER`."""
+    from kdpipe.export.base import QUANTIZE_CHOICES
+    from kdpipe.export.targets import TARGETS
+
+    rows = []
     for name in TARGETS.names():
         target = TARGETS.get(name)
         cells = [target.quantizations.get(q, "-") for q in QUANTIZE_CHOICES]
-        needs = f"pip install 'kdpipe[{target.extra}]'" if target.extra else "(core)"
-        rows.append(f"| {name} | {target.suffix} | {' | '.join(cells)} | {needs} |")
-    return "\n".join(rows)
+        needs = f"kdpipe[{target.extra}]" if target.extra else "(core)"
+        rows.append([name, target.suffix, *cells, needs])
+    return rows
+
+
+def support_table() -> str:
+    """`support_rows` as a Markdown table, extras as the `pip install` line they need."""
+    lines = ["| " + " | ".join(SUPPORT_HEADER) + " |", "|" + "---|" * len(SUPPORT_HEADER)]
+    for *cells, needs in support_rows():
+        needs = f"pip install '{needs}'" if needs.startswith("kdpipe[") else needs
+        lines.append("| " + " | ".join([*cells, needs]) + " |")
+    return "\n".join(lines)

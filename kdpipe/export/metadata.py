@@ -143,7 +143,11 @@ class ArtifactMetadata:
     - `source_checkpoint`: the checkpoint path as given (the embedded copy: its file name
       only); `source_sha256`: its sha256; `source_format`: `kdpipe` or `pytorch_resnet_cifar10`.
     - `calibration`: for calibrated int8, {"data", "split", "n", "seed"} (the embedded copy:
-      the data set's file name only); else None.
+      the data set's file name only); else None. An int8 export of a checkpoint trained with
+      `kdpipe distill --qat` that used its learned activation ranges adds `method`
+      ("learned (QAT)"), `learned_activations` (how many the checkpoint holds) and `scheme` (what
+      training simulated); the images then calibrate only the tensors training did not quantize,
+      which `details.learned_quantization.calibrated` lists.
 
     Checks and provenance
     - `parity`: a `ParityReport` (None only in the embedded copy).

@@ -5,6 +5,15 @@ with a dynamic batch dimension, or a fully static input shape when batch 1 is th
 (`--batch-sizes 1`): ONNX Runtime Mobile's NNAPI and Core ML providers take no node of a graph
 with a dynamic batch. fp16 converts the graph to float16 with float32 inputs and outputs (ONNX
 Runtime's converter); int8 is ONNX Runtime's static QDQ quantization (`INT8_SCHEME` below).
+
+A checkpoint from quantization-aware distillation (`kdpipe distill --qat`) carries learned
+activation ranges (`kdpipe.models.checkpoint.LearnedQuantization`); its int8 file is the same QDQ
+quantization with those ranges instead of calibrated ones (`QAT_INT8_SCHEME`): each activation
+tensor of the FP32 graph is matched to the learned range whose fingerprint (per-channel moments
+on the checkpoint's probe images) it shares, and passed to the quantizer as its exact scale and
+zero point (`TensorQuantOverrides`). Weights are quantized from the weights, on the 7-bit grid
+the training used. Tensors training did not quantize keep calibrated ranges; the sidecar lists
+them (`details.learned_quantization`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from kdpipe.export.base import (
 )
 from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
 from kdpipe.export.mobile import mobile_usability
+from kdpipe.models.checkpoint import ActivationRange, LearnedQuantization, learned_quantization
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -54,9 +64,26 @@ INT8_SCHEME = {
               "without VNNI (AVX2, AVX-512 without VNNI), so the file gives the same outputs on "
               "those, on VNNI/AMX x86 and on ARM; full 8-bit weights saturate there",
 }
+QAT_INT8_SCHEME = {
+    **INT8_SCHEME,
+    "name": "U8S8, 7-bit weights, learned activation ranges (QAT)",
+    "calibration": "learned (QAT): the moving-average activation ranges of quantization-aware "
+                   "distillation, as exact scales and zero points; percentile "
+                   f"{CALIBRATION_PERCENTILE} calibration only for tensors training did not "
+                   "quantize (details.learned_quantization.calibrated)",
+    "trained": "int8 asymmetric activations (the uint8 grid shifted by 128: identical) and int8 "
+               "per-channel symmetric weights on the same 7-bit grid [-64, 64]",
+}
+# Ops that only move values (no arithmetic): their output is on their input's grid, as in the
+# trained graph, which quantizes none of them itself.
+_MOVES_VALUES = {"Slice", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 INT8_DETAIL = ("static QDQ (onnxruntime.quantization.quantize_static): int8 per-channel symmetric "
                "7-bit weights (reduce_range, safe from x86 int16 saturation), uint8 asymmetric "
                "activations with percentile ranges from calibration images")
+QAT_INT8_DETAIL = ("static QDQ (onnxruntime.quantization.quantize_static): int8 per-channel "
+                   "symmetric 7-bit weights (reduce_range, the grid QAT trained on), uint8 "
+                   "asymmetric activations with the ranges learned by quantization-aware "
+                   "distillation")
 FP16_DETAIL = ("float16 weights and arithmetic (onnxruntime.transformers.float16), float32 input "
                "and output")
 
@@ -70,8 +97,9 @@ class OnnxTarget(Target):
     quantizations = {
         "none": "fp32",
         "fp16": "fp16 graph, fp32 I/O",
-        "int8": "static QDQ, U8S8 7-bit weights, calibrated",
+        "int8": "static QDQ, U8S8 7-bit weights, calibrated or QAT-learned ranges",
     }
+    learns_int8 = True
 
     def needs_calibration(self, quantize: str) -> bool:
         return quantize == "int8"
@@ -99,20 +127,27 @@ def write_onnx(model: nn.Module, meta: ArtifactMetadata, quantize: str,
     import onnx
 
     static = list(batch_sizes) == [1]
+    learned = learned_quantization(model) if quantize == "int8" else None
     fp32_path = path.with_name(path.name + ".fp32.tmp")
     _export_fp32(model, example_input(meta, 2), fp32_path)
     try:
-        proto = CONVERTERS[quantize](fp32_path, calibration)
+        if learned is None:
+            proto, int8 = CONVERTERS[quantize](fp32_path, calibration), {}
+        else:
+            proto, int8 = _to_int8_learned(fp32_path, calibration, learned)
     finally:
         fp32_path.unlink(missing_ok=True)
     if static:  # fixed after conversion, so int8 calibrates in batches of 64, not of 1
         _fix_batch(proto, 1)
+    if quantize == "int8":
+        scheme = INT8_SCHEME if learned is None else QAT_INT8_SCHEME
+        int8 = {"int8_scheme": scheme, **int8}
     exported = Exported(
         path=path, batch_sizes=[1] if static else None, input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME, quantization_detail=DETAILS[quantize],
+        output_name=OUTPUT_NAME,
+        quantization_detail=QAT_INT8_DETAIL if learned is not None else DETAILS[quantize],
         details={"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
-                 "ops": len(proto.graph.node),
-                 **({"int8_scheme": INT8_SCHEME} if quantize == "int8" else {})},
+                 "ops": len(proto.graph.node), **int8},
     )
     _strip_debug_info(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
@@ -167,8 +202,10 @@ def _to_fp16(path: Path, calibration: Calibration | None) -> Any:
     return model.model
 
 
-def _to_int8(path: Path, calibration: Calibration | None) -> Any:
-    """Static QDQ quantization calibrated on `calibration` (required)."""
+def _to_int8(path: Path, calibration: Calibration | None,
+             overrides: dict[str, list[dict[str, Any]]] | None = None) -> Any:
+    """Static QDQ quantization calibrated on `calibration` (required); `overrides` fix the
+    scale and zero point of some tensors (`TensorQuantOverrides`) whatever calibration finds."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -181,9 +218,12 @@ def _to_int8(path: Path, calibration: Calibration | None) -> Any:
     if calibration is None:
         raise ValueError("int8 ONNX export needs calibration images")
 
+    # Equal batches: the percentile calibrator stacks each tensor's batches into one array.
+    size = _even_batch(len(calibration.images), CALIBRATION_BATCH)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(calibration.batches(CALIBRATION_BATCH))
+            self.batches = iter(calibration.batches(size))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -196,11 +236,81 @@ def _to_int8(path: Path, calibration: Calibration | None) -> Any:
                 str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE,
+                               **({"TensorQuantOverrides": overrides} if overrides else {})},
             )
         return onnx.load(str(out))
     finally:
         out.unlink(missing_ok=True)
+
+
+def _even_batch(n: int, most: int) -> int:
+    """The largest batch size up to `most` that splits `n` images into equal batches."""
+    return next(size for size in range(min(n, most), 0, -1) if n % size == 0)
+
+
+def _to_int8_learned(path: Path, calibration: Calibration | None,
+                     learned: LearnedQuantization) -> tuple[Any, dict[str, Any]]:
+    """`_to_int8` with the learned activation ranges of a QAT checkpoint; also returns the
+    sidecar's account of which quantized tensors got a learned range."""
+    ranges = learned_ranges(path, learned)
+    overrides = {
+        # x = s * (q8 - z8), q8 in [-128, 127]  <=>  x = s * (u8 - (z8 + 128)), u8 in [0, 255]
+        name: [{"scale": np.array(r.scale, dtype=np.float32),
+                "zero_point": np.array(r.zero_point - r.quant_min, dtype=np.uint8)}]
+        for name, r in ranges.items()}
+    proto = _to_int8(path, calibration, overrides)
+    quantized = _quantized_activations(proto)
+    calibrated = sorted(name for name in quantized if name not in ranges)
+    return proto, {"learned_quantization": {
+        "learned": len(quantized) - len(calibrated), "calibrated": calibrated,
+        "trained_scheme": learned.scheme}}
+
+
+def learned_ranges(path: Path, learned: LearnedQuantization) -> dict[str, ActivationRange]:
+    """ONNX tensor name -> learned range, for the tensors of the FP32 file at `path` that hold
+    a learned activation (same fingerprint on the probe images) or move one's values."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    ranges = learned.match(_probe_activations(proto, learned.probe.numpy()))
+    for node in proto.graph.node:  # nodes are in topological order
+        if node.op_type in _MOVES_VALUES and node.input[0] in ranges:
+            ranges.setdefault(node.output[0], ranges[node.input[0]])
+    return {name: r for name, r in ranges.items() if r.quant_max - r.quant_min == 255}
+
+
+def _probe_activations(proto: Any, probe: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float tensor of the graph (its input, each node's output) on the probe images,
+    computed with graph optimizations off, so no tensor is fused away."""
+    import onnx
+    import onnxruntime as ort
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    floats = {v.name for v in [*inferred.graph.value_info, *inferred.graph.output]
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    outputs = [name for node in proto.graph.node for name in node.output if name in floats]
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(proto)
+    del augmented.graph.output[:]
+    augmented.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(augmented.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    values = session.run(outputs, {INPUT_NAME: probe.astype(np.float32)})
+    return {INPUT_NAME: probe, **dict(zip(outputs, values, strict=True))}
+
+
+def _quantized_activations(proto: Any) -> list[str]:
+    """The activation tensors a QDQ graph quantizes: the inputs of its QuantizeLinear nodes that
+    are not weights (ONNX Runtime renames a quantized graph output `X` to
+    `X_QuantizeLinear_Input`)."""
+    weights = {init.name for init in proto.graph.initializer}
+    suffix = "_QuantizeLinear_Input"
+    return sorted({n.input[0].removesuffix(suffix) for n in proto.graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[0] not in weights})
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from torch import nn
 
 from kdpipe.export.base import Calibration, Exported, register_target
 from kdpipe.export.metadata import EMBEDDED_KEY, ArtifactMetadata
-from kdpipe.export.onnx import DETAILS, OnnxTarget, write_onnx
+from kdpipe.export.onnx import OnnxTarget, write_onnx
 
 TARGET_PLATFORM = "arm"
 
@@ -42,7 +42,6 @@ class OrtTarget(OnnxTarget):
         exported = write_onnx(model, meta, quantize, calibration, source, batch_sizes)
         _convert(source, path)
         exported.path = path
-        exported.quantization_detail = DETAILS[quantize]
         exported.details.update(
             converter="onnxruntime.tools.convert_onnx_models_to_ort (optimization style Fixed)",
             target_platform=TARGET_PLATFORM)

@@ -2,7 +2,12 @@
 
     {"kdpipe_checkpoint": 1, "meta": {CheckpointMeta fields}, "state_dict": {...}, **extra}
 
-`extra` holds what a trainer needs to resume (optimizer and scheduler state, epoch, RNG state).
+`extra` holds what a trainer needs to resume (optimizer and scheduler state, epoch, RNG state)
+and, in a quantization-aware checkpoint (`kdpipe distill --qat`), the learned INT8 activation
+ranges under `"qat"` (`LearnedQuantization.to_entry()`). The weights stay the plain FP32 state
+dict, so such a checkpoint loads as an ordinary FP32 model everywhere; `load_checkpoint` attaches
+the ranges as `model.kdpipe_qat`, which `learned_quantization(model)` reads.
+
 Everything downstream reads a checkpoint through `load_checkpoint` / `read_checkpoint`, which
 also import the pytorch_resnet_cifar10 layout (see `zoo.py`). Every failure a user can cause
 (missing, truncated or foreign file, unknown model, weights that do not fit) is a `KdpipeError`.
@@ -17,7 +22,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ from kdpipe.models.zoo import import_zoo, is_zoo_layout
 FORMAT_VERSION = 1
 KDPIPE_FORMAT = "kdpipe"
 _RESERVED = ("kdpipe_checkpoint", "meta", "state_dict")
+QAT_KEY = "qat"  # the extra entry of a quantization-aware checkpoint
+QAT_FORMAT = 1
 PathLike = str | os.PathLike[str]
 
 
@@ -112,6 +119,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> nn.Module:
         model.to(map_location)
     model.eval()
     model.kdpipe_meta = meta
+    if QAT_KEY in raw:
+        model.kdpipe_qat = LearnedQuantization.from_entry(raw[QAT_KEY], Path(path))
     return model
 
 
@@ -278,3 +287,103 @@ def _check_plain(value: Any, where: str) -> None:
         "store tensors, numbers, strings, lists or dicts (e.g. torch.from_numpy(a), a.tolist(), "
         "str(path))"
     )
+
+
+# ----------------------------------------------------------------- learned quantization (QAT)
+@dataclass
+class ActivationRange:
+    """One fake-quantized activation of a quantization-aware run and the int8 grid it learned.
+
+    x ~ scale * (q - zero_point), q in [quant_min, quant_max] (int8, asymmetric, per tensor);
+    `scale` and `zero_point` are what the observer derived from `min_val`/`max_val`, the
+    moving-average range it kept while training. `name` is its fake-quant module in the training
+    graph (for resuming). `fingerprints` identify the tensor(s) it quantizes in any FP32 graph of
+    the same weights: one `fingerprint` per place, of the activation on the probe images.
+    """
+
+    name: str
+    scale: float
+    zero_point: int
+    quant_min: int
+    quant_max: int
+    min_val: float
+    max_val: float
+    fingerprints: list[torch.Tensor]
+
+
+@dataclass
+class LearnedQuantization:
+    """The learned activation ranges of a QAT checkpoint, in a plain form that names no torch or
+    torchao class, so any exporter finds them in its own graph.
+
+    `scheme` describes what training simulated (plain strings and numbers). `probe` holds the
+    images ([N, C, H, W] float32 pixels in [0, 1], before normalization) the fingerprints were
+    computed on: an exporter runs them through its FP32 graph and `match`es tensor by tensor.
+    """
+
+    scheme: dict[str, Any]
+    probe: torch.Tensor
+    activations: list[ActivationRange]
+
+    def to_entry(self) -> dict[str, Any]:
+        """The checkpoint's `"qat"` entry: dicts, lists, numbers and tensors only."""
+        return {"format": QAT_FORMAT, "scheme": dict(self.scheme), "probe": self.probe,
+                "activations": [dataclasses.asdict(a) for a in self.activations]}
+
+    @classmethod
+    def from_entry(cls, entry: Any, path: Path | None = None) -> LearnedQuantization:
+        """Read a `"qat"` entry back; a malformed one is a `KdpipeError`."""
+        where = f"{path}: " if path else ""
+        if not isinstance(entry, dict) or entry.get("format") != QAT_FORMAT:
+            found = entry.get("format") if isinstance(entry, dict) else type(entry).__name__
+            raise KdpipeError(f"{where}the learned quantization entry has format {found!r}; this "
+                              f"kdpipe reads format {QAT_FORMAT}: upgrade kdpipe")
+        try:
+            return cls(scheme=dict(entry["scheme"]), probe=entry["probe"],
+                       activations=[ActivationRange(**a) for a in entry["activations"]])
+        except (KeyError, TypeError) as e:
+            raise KdpipeError(f"{where}damaged learned quantization entry ({e})") from None
+
+    def match(self, tensors: Mapping[str, Any]) -> dict[str, ActivationRange]:
+        """For each named tensor (torch or numpy, computed on `probe` by an FP32 graph of these
+        weights) that holds the values of a learned activation, that activation's range."""
+        found = {}
+        for name, value in tensors.items():
+            mark = fingerprint(value)
+            if mark is None:
+                continue
+            for act in self.activations:
+                if any(_same_values(mark, known) for known in act.fingerprints):
+                    found[name] = act
+                    break
+        return found
+
+
+def fingerprint(values: Any) -> torch.Tensor | None:
+    """Per channel (dim 1), the mean and the mean square of an activation: [2, C] float32.
+
+    Invariant under reshapes that keep the channel axis (a flatten after pooling), and different
+    for any two distinct activations in practice; None for a tensor without a channel axis.
+    """
+    x = torch.as_tensor(values).detach().to("cpu", torch.float64)
+    if x.dim() < 2:
+        return None
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+    return torch.stack([flat.mean(1), flat.square().mean(1)]).float()
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # BatchNorm folded into a convolution, another conv kernel or operation order move FP32
+    # activations by ~1e-6 relative; distinct activations differ by far more than 1e-3.
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-3,
+                                                 atol=1e-3 * float(b.abs().max()) + 1e-7)
+
+
+def learned_quantization(model: nn.Module) -> LearnedQuantization | None:
+    """The learned activation ranges of a model loaded from a QAT checkpoint (also inside a
+    wrapper, such as the export's `Normalized`), or None for an ordinary checkpoint."""
+    for module in model.modules():
+        learned = getattr(module, "kdpipe_qat", None)
+        if isinstance(learned, LearnedQuantization):
+            return learned
+    return None

@@ -8,12 +8,11 @@ instead of 1x1. Weights are initialized as torchvision does.
 
 from __future__ import annotations
 
-from functools import partial
-from typing import ClassVar
+from functools import cache, partial
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torchvision.models import MobileNetV2
 
 from kdpipe.models.registry import MODELS
 
@@ -42,32 +41,53 @@ def _stage_ends(setting: list[list[int]]) -> list[int]:
     return [*ends, index + 1]
 
 
-class CifarMobileNetV2(MobileNetV2):
-    """torchvision's MobileNetV2 with the CIFAR strides; `forward` returns logits only."""
+@cache
+def _cifar_mobilenet_class() -> type[nn.Module]:
+    """`CifarMobileNetV2`, defined on first use: torchvision (and the torch._dynamo it imports,
+    about 3 s) loads only when a MobileNetV2 is built, not for `kdpipe --help` or a ResNet run."""
+    from torchvision.models import MobileNetV2
 
-    feature_layers: ClassVar[dict[str, str]] = {
-        **{f"stage{k}": f"features.{i}" for k, i in enumerate(_stage_ends(CIFAR_SETTING), 1)},
-        "embedding": "flatten",
-    }
+    class CifarMobileNetV2(MobileNetV2):
+        """torchvision's MobileNetV2 with the CIFAR strides; `forward` returns logits only."""
 
-    def __init__(self, num_classes: int = 10, width_mult: float = 1.0,
-                 dropout: float = 0.2) -> None:
-        super().__init__(num_classes=num_classes, width_mult=width_mult,
-                         inverted_residual_setting=CIFAR_SETTING, dropout=dropout)
-        self.features[0][0].stride = (1, 1)  # the stem conv: keep 32x32
-        # torchvision pools functionally; parameter-free modules make the embedding tappable.
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
+        feature_layers: ClassVar[dict[str, str]] = {
+            **{f"stage{k}": f"features.{i}"
+               for k, i in enumerate(_stage_ends(CIFAR_SETTING), 1)},
+            "embedding": "flatten",
+        }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return self.classifier(self.flatten(self.avgpool(x)))
+        def __init__(self, num_classes: int = 10, width_mult: float = 1.0,
+                     dropout: float = 0.2) -> None:
+            super().__init__(num_classes=num_classes, width_mult=width_mult,
+                             inverted_residual_setting=CIFAR_SETTING, dropout=dropout)
+            self.features[0][0].stride = (1, 1)  # the stem conv: keep 32x32
+            # torchvision pools functionally; parameter-free modules make the embedding tappable.
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.flatten = nn.Flatten(1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.features(x)
+            return self.classifier(self.flatten(self.avgpool(x)))
+
+    # A module-level name, so pickle and TorchScript find the class as if defined at top level.
+    CifarMobileNetV2.__qualname__ = "CifarMobileNetV2"
+    CifarMobileNetV2.__module__ = __name__
+    globals()["CifarMobileNetV2"] = CifarMobileNetV2
+    return CifarMobileNetV2
+
+
+def __getattr__(name: str) -> Any:
+    """`CifarMobileNetV2` resolves (and imports torchvision) on first use."""
+    if name == "CifarMobileNetV2":
+        return _cifar_mobilenet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _mobilenetv2(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2
-                 ) -> CifarMobileNetV2:
+                 ) -> nn.Module:
     """The shared builder; `width_mult` scales every layer but the last 1x1 conv (1280)."""
-    return CifarMobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    return _cifar_mobilenet_class()(num_classes=num_classes, width_mult=width_mult,
+                                    dropout=dropout)
 
 
 mobilenetv2 = MODELS.register("mobilenetv2")(_mobilenetv2)

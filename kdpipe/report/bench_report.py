@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
+from kdpipe.progress import plural
 from kdpipe.report import recommend
 from kdpipe.report.plot import accuracy_latency_png
 from kdpipe.report.recommend import Constraints
@@ -72,7 +73,7 @@ def write_bench_report(report: BenchReport, out_dir: str | Path,
 
 def plot_title(report: BenchReport) -> str:
     machine = report.machine
-    return (f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads "
+    return (f"{machine.get('cpu', '?')}, {plural(machine.get('threads', '?'), 'thread')} "
             f"({report.device})")
 
 
@@ -125,8 +126,9 @@ def _header(report: BenchReport) -> list[str]:
     versions = ", ".join(f"{name} {version or 'not installed'}"
                          for name, version in report.runtimes.items())
     lines = [
-        f"- **device**: {report.device}: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} logical "
-        f"cores, {m.get('threads', '?')} threads per runtime; {m.get('platform', '')}, "
+        f"- **device**: {report.device}: {m.get('cpu', '?')}, "
+        f"{plural(m.get('cpu_count', '?'), 'logical core')}, "
+        f"{plural(m.get('threads', '?'), 'thread')} per runtime; {m.get('platform', '')}, "
         f"Python {m.get('python', '?')}",
         f"- **runtimes**: {versions}",
         f"- **protocol**: {p.get('warmup')} warm-up + {p.get('iters')} timed calls per batch size"

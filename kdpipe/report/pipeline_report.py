@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
+from kdpipe.progress import plural
 from kdpipe.report import recommend
 from kdpipe.report.bench_report import REPORT_FILES, bench_table, timing_notes
 from kdpipe.report.recommend import Constraints
@@ -25,7 +26,7 @@ MODEL_COLUMNS = [("name", "Model"), ("architecture", "Architecture"), ("method",
                  ("epochs", "Epochs"), ("train_images", "Train images"),
                  ("wall_time_s", "Train time s")]
 ARTIFACT_COLUMNS = [("file", "Artifact"), ("format", "Format"), ("quantization", "Quantization"),
-                    ("size_kb", "Size KB"), ("parity", "Parity (top-1 agree / max |dlogit|)"),
+                    ("size_kib", "Size KiB"), ("parity", "Parity (top-1 agree / max |dlogit|)"),
                     ("artifact_top1", "Top-1 % (parity set)")]
 
 
@@ -74,7 +75,7 @@ def artifact_rows(artifacts: list[Path]) -> list[dict[str, Any]]:
             agree = f"not checked: {parity.reason}" if parity else "not checked"
         rows.append({
             "file": f"{path.parent.name}/{path.name}", "format": meta.format,
-            "quantization": meta.quantization, "size_kb": round(meta.size_bytes / 1024, 1),
+            "quantization": meta.quantization, "size_kib": round(meta.size_bytes / 1024, 1),
             "parity": agree,
             "artifact_top1": (round(parity.artifact_top1, 2) if parity and parity.checked
                               else None),
@@ -109,7 +110,7 @@ def write_pipeline_report(out: Path, *, config: dict[str, Any], teacher: Path,
     lines = [
         "# kdpipe pipeline report", "",
         f"Teacher: `{teacher}`. Config: `config.json`. Machine: {bench.machine.get('cpu', '?')}, "
-        f"{bench.machine.get('threads', '?')} threads.", "",
+        f"{plural(bench.machine.get('threads', '?'), 'thread')}.", "",
         "## 1. Models (test top-1 on the run's test split)", "",
         markdown_table(models, MODEL_COLUMNS),
         "## 2. Exported artifacts", "",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe import atomic
+from kdpipe.progress import plural
 from kdpipe.report.records import SweepRow
 from kdpipe.report.table import markdown_table, write_csv
 
@@ -117,7 +118,7 @@ def markdown_report(title: str, tables: dict[str, Table], records: list[dict[str
     lines = [f"# {title or 'kdpipe sweep'}", ""]
     if first:
         lines += [f"Student {first['student']}, teacher {first['teacher'] or '-'}; "
-                  f"{first['epochs']} epochs; seeds {seeds}; test top-1 at the last epoch"
+                  f"{plural(first['epochs'], 'epoch')}; seeds {seeds}; test top-1 at the last epoch"
                   + (over if len(seeds) > 1 else "") + ".", ""]
     if any(r.get("margin") for r in tables["cells"][0]):
         lines += ["\"vs scratch\": top-1 points gained over the student trained from scratch, "

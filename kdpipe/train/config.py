@@ -112,58 +112,82 @@ class TrainConfig:
 @dataclass
 class DistillConfig(TrainConfig):
     """A `TrainConfig` plus the teacher and the distillation method. `--student` names the student
-    (it sets `model`, which a distill run otherwise reads as the student too)."""
+    (it sets `model`, which a distill run otherwise reads as the student too).
+
+    Each method's options are declared here with `read_by=` naming the methods that read them
+    (`kdpipe.train.methods.Method.reads`), not in the methods' modules: this module must import
+    without PyTorch, so that `kdpipe --help` stays fast. A sweep cell's name lists the options
+    its method reads in the order declared here, which is why the shared `temperature` and
+    `alpha` come after every method's own options (`fitnets-middle-h3-T4-a0.9`).
+    """
 
     student: str | None = option(None, "student model, trained from random initialization "
-                                 "(sets --model; see `kdpipe list`)", short="")
+                                 "unless --init-checkpoint (sets --model; see `kdpipe list`)",
+                                 short="")
     teacher: str | None = option(None, "teacher model name, checked against the checkpoint "
                                  "(default: read from the checkpoint)")
     teacher_checkpoint: str | None = option(None, "teacher weights: a kdpipe checkpoint or a "
                                             "pytorch_resnet_cifar10 file")
     method: str = option("kd", "kd | fitnets | rkd | at | dkd | dist | lskd | scratch, or a sum "
                          "such as kd+rkd (see `kdpipe list`)")
+    hint_layer: Literal["middle", "final"] = option(
+        "middle", "FitNets guided/hint layer: the middle or the final stage of each network",
+        read_by=("fitnets",), short="")
+    hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs",
+                              read_by=("fitnets",), short="h")
+    rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)",
+                                        read_by=("rkd",), short="d")
+    rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)",
+                                     read_by=("rkd",), short="ang")
+    at_weight: float = option(1000.0, "attention transfer weight beta on the sum of the stages' "
+                              "attention losses (Zagoruyko & Komodakis 2017, CIFAR code: 1e3)",
+                              read_by=("at",), short="w")
+    dkd_alpha: float = option(1.0, "DKD target-class (TCKD) weight alpha (Zhao et al. 2022)",
+                              read_by=("dkd",), short="a")
+    dkd_beta: float = option(8.0, "DKD non-target-class (NCKD) weight beta (Zhao et al. 2022, "
+                             "CIFAR-100: 8; their code uses 2 for ResNet56/110 teachers)",
+                             read_by=("dkd",), short="b")
+    dkd_warmup_epochs: float = option(20.0, "epochs over which the DKD weight ramps linearly from "
+                                      "0 to 1, per step (Zhao et al. 2022: 20 of 240 epochs)",
+                                      read_by=("dkd",), short="wu")
+    dist_beta: float = option(2.0, "DIST inter-class (per sample) relation weight beta (Huang et "
+                              "al. 2022: 1, times the code's DIST loss weight 2)",
+                              read_by=("dist",),
+                              short="b")
+    dist_gamma: float = option(2.0, "DIST intra-class (per class over the batch) relation weight "
+                               "gamma (Huang et al. 2022: 1, times the code's loss weight 2)",
+                               read_by=("dist",), short="g")
+    lskd_weight: float = option(9.0, "weight of the logit-standardized KD term (Sun et al. 2024, "
+                                "CIFAR-100: 9)", read_by=("lskd",), short="w")
+    lskd_ce_weight: float = option(0.1, "lskd's cross-entropy weight (Sun et al. 2024: 0.1)",
+                                   read_by=("lskd",), short="ce")
     temperature: float = option(4.0, "softmax temperature T of kd and FitNets' KD stage (Hinton "
                                 "et al. 2015), dkd and dist (4 in their papers' CIFAR settings "
                                 "too) and lskd (its paper uses 2: pass --temperature 2)",
-                                short="T")
+                                read_by=("kd", "fitnets", "dkd", "dist", "lskd"), short="T")
     alpha: float = option(0.9, "KD weight: loss = (1 - alpha) * CE(labels, student) + alpha * "
                           "T^2 * KL(teacher_T || student_T); alpha = 0 is plain cross-entropy",
-                          short="a")
-    hint_layer: Literal["middle", "final"] = option(
-        "middle", "FitNets guided/hint layer: the middle or the final stage of each network",
-        short="")
-    hint_epochs: int = option(5, "FitNets stage 1 (hint training) epochs, before the KD epochs",
-                              short="h")
-    rkd_distance_weight: float = option(25.0, "RKD distance weight lambda_D (Park et al. 2019)",
-                                        short="d")
-    rkd_angle_weight: float = option(50.0, "RKD angle weight lambda_A (Park et al. 2019)",
-                                     short="ang")
-    at_weight: float = option(1000.0, "attention transfer weight beta on the sum of the stages' "
-                              "attention losses (Zagoruyko & Komodakis 2017, CIFAR code: 1e3)",
-                              short="w")
-    dkd_alpha: float = option(1.0, "DKD target-class (TCKD) weight alpha (Zhao et al. 2022)",
-                              short="a")
-    dkd_beta: float = option(8.0, "DKD non-target-class (NCKD) weight beta (Zhao et al. 2022, "
-                             "CIFAR-100: 8; their code uses 2 for ResNet56/110 teachers)",
-                             short="b")
-    dkd_warmup_epochs: float = option(20.0, "epochs over which the DKD weight ramps linearly from "
-                                      "0 to 1, per step (Zhao et al. 2022: 20 of 240 epochs)",
-                                      short="wu")
-    dist_beta: float = option(2.0, "DIST inter-class (per sample) relation weight beta (Huang et "
-                              "al. 2022: 1, times the code's DIST loss weight 2)", short="b")
-    dist_gamma: float = option(2.0, "DIST intra-class (per class over the batch) relation weight "
-                               "gamma (Huang et al. 2022: 1, times the code's loss weight 2)",
-                               short="g")
-    lskd_weight: float = option(9.0, "weight of the logit-standardized KD term (Sun et al. 2024, "
-                                "CIFAR-100: 9)", short="w")
-    lskd_ce_weight: float = option(0.1, "lskd's cross-entropy weight (Sun et al. 2024: 0.1)",
-                                   short="ce")
+                          read_by=("kd", "fitnets"), short="a")
+    init_checkpoint: str | None = option(None, "start the student from this checkpoint's weights "
+                                         "(a trained FP32 student, e.g. runs/kd/model.pt) "
+                                         "instead of random initialization; required with --qat")
+    qat: bool = option(False, "quantization-aware distillation: train the student fake-quantized "
+                       "as its INT8 export computes (int8 per-channel 7-bit weights, int8 "
+                       "activations; frozen BN), from --init-checkpoint, for the last epochs: "
+                       "typically --epochs 2 --lr 0.0005 --warmup-epochs 0; `kdpipe export "
+                       "--quantize int8` then uses the learned ranges (needs kdpipe[executorch])")
     # Outputs are keyed by content (`TeacherCache`): a cache changes the speed, never a result.
     teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "
                                        "per augmented batch, so runs with the same seed and data "
                                        "share them (worth it on CPU)", result=False)
     out: str = option("runs/distill", "run folder for checkpoints, metrics and summary",
                       result=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.qat and not self.init_checkpoint:
+            raise KdpipeError("--qat needs --init-checkpoint PATH: the trained FP32 student to "
+                              "fine-tune fake-quantized (e.g. runs/kd/model.pt)")
 
 
 @dataclass

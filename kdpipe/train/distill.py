@@ -1,4 +1,5 @@
-"""`kdpipe distill`: train a student from random initialization against a frozen teacher.
+"""`kdpipe distill`: train a student (from random initialization, or from `--init-checkpoint`)
+against a frozen teacher.
 
     loss = (1 - alpha) * CE(labels, student) + alpha * T^2 * KL(teacher_T || student_T)   (kd)
 
@@ -9,6 +10,10 @@ the teacher against the data before any training, builds the method's plan
 main `Trainer`. The run folder holds what `kdpipe train` writes (config.json, last.pt,
 metrics.jsonl, model.pt, summary.json), the summary also naming the method, the teacher and the
 teacher's test top-1, parameters and MACs.
+
+`--qat` (quantization-aware distillation, `kdpipe.train.qat`) trains the main stage's student
+fake-quantized from `--init-checkpoint`; its epoch and final top-1 are then those of the INT8
+simulation, and its checkpoints carry the learned activation ranges beside the FP32 weights.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kdpipe import atomic
 from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, Dataset
@@ -32,7 +38,7 @@ from kdpipe.models import (
     load_checkpoint,
     read_checkpoint,
 )
-from kdpipe.progress import console
+from kdpipe.progress import console, plural
 from kdpipe.report.records import load_train_summary
 from kdpipe.train.baseline import create_student
 from kdpipe.train.config import DistillConfig
@@ -50,9 +56,10 @@ from kdpipe.train.methods import (
     resolve,
 )
 from kdpipe.train.precision import precision_name
+from kdpipe.train.qat import SCHEME, QatStudent, require_qat_libraries
 from kdpipe.train.trainer import Trainer, hold_run_folder
 
-__all__ = ["DistillConfig", "distill", "load_teacher", "resolve_student"]  # the config: re-export
+__all__ = ["DistillConfig", "distill", "load_init", "load_teacher", "resolve_student"]
 
 
 def resolve_student(config: DistillConfig) -> DistillConfig:
@@ -92,6 +99,27 @@ def load_teacher(config: DistillConfig, data: Dataset) -> tuple[Teacher, dict[st
     return teacher, info
 
 
+def load_init(student: nn.Module, config: DistillConfig, data: Dataset) -> dict[str, Any]:
+    """Load `config.init_checkpoint`'s weights into `student` (same model, classes, input size
+    and normalization, or a `KdpipeError`); returns what the summary records about it."""
+    path = Path(config.init_checkpoint)
+    model = load_checkpoint(path)
+    meta = checkpoint_meta(model)
+    if (meta.model, meta.model_kwargs) != (config.model, dict(config.model_kwargs)):
+        raise KdpipeError(
+            f"--init-checkpoint {path} holds a {meta.model} {meta.model_kwargs or ''}, not the "
+            f"student {config.model} {config.model_kwargs or ''}; pass --student {meta.model} "
+            "(and its model_kwargs) or another checkpoint")
+    check_fits_data(f"--init-checkpoint {path}", meta.classes, meta.input_shape, data.classes,
+                    data.train_images.shape[1:])
+    if (list(meta.mean), list(meta.std)) != (list(CIFAR10_MEAN), list(CIFAR10_STD)):
+        raise KdpipeError(f"--init-checkpoint {path} normalizes inputs with mean {meta.mean}, "
+                          f"std {meta.std}; kdpipe trains with {list(CIFAR10_MEAN)}, "
+                          f"{list(CIFAR10_STD)}")
+    student.load_state_dict(model.state_dict())
+    return {"init_checkpoint": str(path), "init_sha256": meta.source_sha256}
+
+
 def teacher_cache(config: DistillConfig, sha256: str, device: torch.device) -> TeacherCache | None:
     """The opt-in cache of teacher outputs; bf16 and fp32 outputs are kept apart."""
     if not config.teacher_cache:
@@ -119,7 +147,7 @@ def run_stage(stage: Stage, config: DistillConfig, data: Dataset, resume: bool,
     out = Path(config.out) / stage.name
     if resume and (out / "summary.json").exists():
         return load_train_summary(out).to_json()
-    console.print(f"{stage.name}: {stage.epochs} epochs in {out}"
+    console.print(f"{stage.name}: {plural(stage.epochs, 'epoch')} in {out}"
                   + (f" ({stage.about})" if stage.about else ""))
     stage_config = dataclasses.replace(config, out=str(out), epochs=stage.epochs)
     trainer = Trainer(stage_config, stage.objective, data, resume=resume,
@@ -129,9 +157,12 @@ def run_stage(stage: Stage, config: DistillConfig, data: Dataset, resume: bool,
 
 
 def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Distill `config.teacher_checkpoint` into a fresh `config.student`; returns the summary."""
+    """Distill `config.teacher_checkpoint` into `config.student` (fresh, or from
+    `config.init_checkpoint`; fake-quantized with `config.qat`); returns the summary."""
     config = resolve_student(config)
     resolve(config.method)  # an unknown method fails before the data loads
+    if config.qat:
+        require_qat_libraries()
     with hold_run_folder(config.out):  # the stages too: a second run is refused before any work
         data = load_training_data(config)
         teacher, record = None, {"method": config.method}
@@ -140,6 +171,8 @@ def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
             record.update(info)
         # the same initial student for every method of a seed, and for `kdpipe train` too
         student = create_student(config, len(data.classes))
+        if config.init_checkpoint:
+            record.update(load_init(student, config, data))
         plan = build_plan(config.method, MethodContext(student, teacher, config, data.image_shape))
         for stage in plan.stages:
             summary = run_stage(stage, config, data, resume, record)
@@ -147,10 +180,15 @@ def distill(config: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
                 "epochs": stage.epochs, "wall_time_s": summary["wall_time_s"]}
             _, raw = read_checkpoint(Path(config.out) / stage.name / "model.pt")
             student.load_state_dict(raw["state_dict"])  # the next phase starts where this ended
+        if config.qat:
+            console.print("quantization-aware: preparing the fake-quantized student (PT2E)")
+            student = QatStudent(student, CIFAR10_MEAN, CIFAR10_STD, data.image_shape)
+            record["qat"] = {**SCHEME, "top1": "of the fake-quantized student (INT8 simulation)"}
         objective = DistillObjective(student, teacher, plan.terms, plan.ce_weight,
                                      config.label_smoothing)
         if plan.stages:
-            console.print(f"main stage ({config.method}): {config.epochs} epochs in {config.out}")
+            console.print(f"main stage ({config.method}): {plural(config.epochs, 'epoch')} in "
+                          f"{config.out}")
         trainer = Trainer(config, objective, data, resume=resume, record=record)
         trainer.setup()
         return trainer.fit()

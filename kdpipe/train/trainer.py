@@ -11,6 +11,8 @@ Files in the run folder (`config.out`):
     metrics.jsonl   one JSON line per epoch; last.pt holds the same rows, and on resume the file
                     is rewritten from them, so a kill at any moment leaves one row per epoch
     model.pt        the final student checkpoint (what `kdpipe eval` and `kdpipe export` take)
+                    last.pt and model.pt of a `--qat` run also hold the learned INT8 activation
+                    ranges beside the FP32 weights (`kdpipe.train.qat.checkpoint_parts`)
     summary.json    top-1, params, MACs, wall time, images/s, device, versions, git commit
                     (`kdpipe.report.records.TrainSummary`)
 
@@ -57,6 +59,7 @@ from kdpipe.train.device import resolve_device
 from kdpipe.train.divergence import run_warnings
 from kdpipe.train.evaluate import evaluate
 from kdpipe.train.precision import precision_name, uses_bf16
+from kdpipe.train.qat import checkpoint_parts, restore_student
 from kdpipe.train.schedule import make_scheduler
 from kdpipe.train.trainer_objective import Objective, StepOutput
 
@@ -473,14 +476,15 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "metrics": self.history,
         }
-        student = self.objective.student
-        save_checkpoint(self.out / "last.pt", student, self.meta(), extra={"trainer": state})
+        student, entries = checkpoint_parts(self.objective.student)
+        save_checkpoint(self.out / "last.pt", student, self.meta(),
+                        extra={"trainer": state, **entries})
         self.saved_at = (self.epoch, self.batch_in_epoch)
 
     def _load_trainer_state(self) -> None:
         _, raw = read_checkpoint(self.out / "last.pt", map_location="cpu")
         state = raw["trainer"]
-        self.objective.student.load_state_dict(raw["state_dict"])
+        restore_student(self.objective.student, raw)
         self.objective.load_state_dict(
             {
                 **{"student." + k: v for k, v in raw["state_dict"].items()},
@@ -524,7 +528,7 @@ class Trainer:
         if not self.dist.is_main:
             distributed.shutdown(self.dist)
             return {}
-        student = self.objective.student
+        student, entries = checkpoint_parts(self.objective.student)
         final = self._evaluate("test")
         summary = TrainSummary.from_json({
             **self.record,
@@ -549,6 +553,7 @@ class Trainer:
             self.out / "model.pt",
             student.to(memory_format=torch.contiguous_format),
             self.meta(metrics={"top1": summary.top1}),
+            extra=entries,
         )
         atomic.write_json(self.out / "summary.json", summary.to_json())
         distributed.shutdown(self.dist)

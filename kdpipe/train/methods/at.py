@@ -44,7 +44,7 @@ class ATTerm(LossTerm):
         return torch.stack(losses).sum()
 
 
-@register_method("at", reads=("at_weight",), label="Attention transfer (beta={at_weight:g})")
+@register_method("at", label="Attention transfer (beta={at_weight:g})")
 def at(ctx: MethodContext) -> Plan:
     """Zagoruyko & Komodakis 2017: CE + beta sum of attention-map losses over the stages."""
     taps = at_taps(ctx.student, ctx.teacher.model)

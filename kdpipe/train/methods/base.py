@@ -2,7 +2,7 @@
 
 A method is a function `(MethodContext) -> Plan` registered with one decorator line:
 
-    @register_method("kd", reads=("temperature", "alpha"), label="KD (T={temperature:g}, ...)")
+    @register_method("kd", label="KD (T={temperature:g}, ...)")
     def kd(ctx: MethodContext) -> Plan: ...
 
 A `Plan` is a list of weighted `LossTerm`s, the weight of the label cross-entropy, and optional
@@ -14,6 +14,7 @@ trainer minimises:  loss = ce_weight * CE(y, student) + sum_i weight_i * term_i.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -99,27 +100,34 @@ class Method:
     """A registered method: its plan builder and what the sweep needs to know about it.
 
     `reads` lists the config fields the method depends on (a sweep cell's name and identity use
-    them, so `scratch` with another temperature is the same cell); `label` is a `str.format`
-    template over the config, the row name in result tables.
+    them, so `scratch` with another temperature is the same cell): the `DistillConfig` fields
+    whose `option(..., read_by=...)` names the method, in declaration order; `label` is a
+    `str.format` template over the config, the row name in result tables.
     """
 
     name: str
     build: Callable[[MethodContext], Plan]
-    reads: tuple[str, ...] = ()
     label: str = ""
     needs_teacher: bool = True
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(DistillConfig)
+                     if self.name in f.metadata.get("read_by", ()))
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, *, reads: tuple[str, ...] = (), label: str = "",
-                    needs_teacher: bool = True) -> Callable[[Callable[[MethodContext], Plan]],
-                                                            Callable[[MethodContext], Plan]]:
+PlanBuilder = Callable[[MethodContext], Plan]
+
+
+def register_method(name: str, *, label: str = "",
+                    needs_teacher: bool = True) -> Callable[[PlanBuilder], PlanBuilder]:
     """Decorator: register a plan builder as method `name` (see the module docstring)."""
 
-    def add(build: Callable[[MethodContext], Plan]) -> Callable[[MethodContext], Plan]:
-        METHODS.register(name)(Method(name, build, tuple(reads), label or name, needs_teacher))
+    def add(build: PlanBuilder) -> PlanBuilder:
+        METHODS.register(name)(Method(name, build, label or name, needs_teacher))
         return build
 
     return add

@@ -23,8 +23,7 @@ class DISTTerm(LossTerm):
         return dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.temperature)
 
 
-@register_method("dist", reads=("dist_beta", "dist_gamma", "temperature"),
-                 label="DIST (beta={dist_beta:g}, gamma={dist_gamma:g}, T={temperature:g})")
+@register_method("dist", label="DIST (beta={dist_beta:g}, gamma={dist_gamma:g}, T={temperature:g})")
 def dist(ctx: MethodContext) -> Plan:
     """Huang et al. 2022: CE + T^2 (beta inter-class + gamma intra-class Pearson relations)."""
     c = ctx.config

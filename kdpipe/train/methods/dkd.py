@@ -46,8 +46,7 @@ class DKDTerm(LossTerm):
         return self.ramp() * loss
 
 
-@register_method("dkd", reads=("dkd_alpha", "dkd_beta", "dkd_warmup_epochs", "temperature"),
-                 label="DKD (alpha={dkd_alpha:g}, beta={dkd_beta:g}, T={temperature:g})")
+@register_method("dkd", label="DKD (alpha={dkd_alpha:g}, beta={dkd_beta:g}, T={temperature:g})")
 def dkd(ctx: MethodContext) -> Plan:
     """Zhao et al. 2022: CE + warm-up * (alpha TCKD + beta NCKD), the target and non-target KD."""
     c = ctx.config

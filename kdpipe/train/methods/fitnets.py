@@ -96,8 +96,7 @@ class HintObjective(TeacherObjective):
         return StepOutput(loss, logits, {"hint": loss.detach()})
 
 
-@register_method("fitnets", reads=("hint_layer", "hint_epochs", "temperature", "alpha"),
-                 label="Mimicking {hint_layer} layer")
+@register_method("fitnets", label="Mimicking {hint_layer} layer")
 def fitnets(ctx: MethodContext) -> Plan:
     """Romero et al. 2015: hint stage (guided layer + regressor), then KD.
 

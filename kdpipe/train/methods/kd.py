@@ -28,8 +28,7 @@ def kd_plan(config: DistillConfig) -> Plan:
                 ce_weight=1.0 - config.alpha)
 
 
-@register_method("kd", reads=("temperature", "alpha"),
-                 label="KD (T={temperature:g}, alpha={alpha:g})")
+@register_method("kd", label="KD (T={temperature:g}, alpha={alpha:g})")
 def kd(ctx: MethodContext) -> Plan:
     """Hinton et al. 2015: (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)."""
     return kd_plan(ctx.config)

@@ -26,8 +26,7 @@ class StandardizedKDTerm(LossTerm):
         return standardized_kd_loss(student.logits, teacher.logits, self.temperature)
 
 
-@register_method("lskd", reads=("temperature", "lskd_weight", "lskd_ce_weight"),
-                 label="KD with logit standardization (T={temperature:g})")
+@register_method("lskd", label="KD with logit standardization (T={temperature:g})")
 def lskd(ctx: MethodContext) -> Plan:
     """Sun et al. 2024: KD on Z-scored logits, 0.1 CE + 9 T^2 KL at T = 2 in the paper."""
     c = ctx.config

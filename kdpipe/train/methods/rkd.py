@@ -30,8 +30,7 @@ class RelationTerm(LossTerm):
         return self.loss(student.features[EMBEDDING], teacher.features[EMBEDDING])
 
 
-@register_method("rkd", reads=("rkd_distance_weight", "rkd_angle_weight"),
-                 label="RKD (distance + angle)")
+@register_method("rkd", label="RKD (distance + angle)")
 def rkd(ctx: MethodContext) -> Plan:
     """Park et al. 2019: CE + lambda_D RKD-distance + lambda_A RKD-angle on the embeddings."""
     c = ctx.config

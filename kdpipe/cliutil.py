@@ -134,11 +134,18 @@ def _flag_names(field: dataclasses.Field[Any], tp: Any) -> list[str]:
     return [flag]
 
 
+def _own_fields_first(cls: type) -> list[dataclasses.Field[Any]]:
+    """`cls`'s fields, those it declares before those it inherits: the options shared through a
+    base class (`ShipLimits`) close `--help` instead of opening it."""
+    own = vars(cls).get("__annotations__", {})
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+
+
 def config_parameters(cls: type) -> list[inspect.Parameter]:
     """One keyword-only `typer.Option(None)` parameter per CLI-able field of dataclass `cls`."""
     hints = typing.get_type_hints(cls)
     params = []
-    for f in dataclasses.fields(cls):
+    for f in _own_fields_first(cls):
         cli_tp = _cli_type(hints[f.name])
         if cli_tp is None:
             continue

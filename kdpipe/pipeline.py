@@ -41,7 +41,7 @@ from kdpipe.executors.base import Executor, Resources, Work, ordered_by_cache, t
 from kdpipe.export.config import ExportConfig
 from kdpipe.hashing import file_sha256, path_sha256
 from kdpipe.progress import console
-from kdpipe.report.recommend import Constraints
+from kdpipe.report.recommend import Constraints, ShipLimits
 from kdpipe.report.records import load_train_summary, run_line
 from kdpipe.train.config import DistillConfig, TrainConfig
 
@@ -59,8 +59,9 @@ class ExportSpec:
 
 
 @dataclass
-class PipelineConfig:
-    """The whole path from teacher to device report; shipped examples in `kdpipe/configs/`."""
+class PipelineConfig(ShipLimits):
+    """The whole path from teacher to device report; shipped examples in `kdpipe/configs/`.
+    Its limits (`ShipLimits`) choose what index.md recommends; unset ones fall back on [bench]'s."""
 
     out: str = option("runs/pipeline", "report folder; every stage writes below it")
     data: str | None = option(None, "data set [default: ../shared/datasets/cifar10-images.tar.gz]")
@@ -100,23 +101,11 @@ class PipelineConfig:
                                   result=False)
     resources: Resources = option(help="what each Ray task reserves (num_cpus, num_gpus)",
                                   factory=Resources, result=False)
-    # what to ship: index.md recommends the most accurate artifact within these (None: no limit;
-    # then [bench]'s own limits apply). Report-only: no stage reruns when they change.
-    min_top1: float | None = option(None, "recommend only artifacts of at least this top-1 (%)",
-                                    result=False)
-    max_latency_ms: float | None = option(None, "recommend only artifacts whose batch-1 p50 is "
-                                          "at most this many milliseconds", result=False)
-    max_size_mb: float | None = option(None, "recommend only artifacts of at most this size in "
-                                       "MiB (2**20 bytes)", result=False)
-
     def constraints(self) -> Constraints:
-        """The limits on the report's recommendation: these fields, else `bench`'s."""
-        def pick(name: str) -> float | None:
-            own = getattr(self, name)
-            return own if own is not None else getattr(self.bench, name)
-
-        return Constraints(min_top1=pick("min_top1"), max_latency_ms=pick("max_latency_ms"),
-                           max_size_mb=pick("max_size_mb"))
+        """The limits on the report's recommendation: its own (`ShipLimits`), else `bench`'s."""
+        own, bench = super().constraints(), self.bench.constraints()
+        return Constraints(**{name: getattr(own, name) if getattr(own, name) is not None
+                              else getattr(bench, name) for name in vars(own)})
 
 
 # ---------------------------------------------------------------- configuration

@@ -192,3 +192,26 @@ def test_a_summary_records_warnings_only_when_there_are_some():
 
     assert "warnings" not in TrainSummary(top1=50.0).to_json()
     assert TrainSummary(top1=50.0, warnings=["w"]).to_json()["warnings"] == ["w"]
+
+
+def test_only_emulated_rows_say_why_nothing_is_recommended():
+    emulated = "emulated (qemu): latency not representative"
+    rec = recommend([row("a.onnx", 81.0, 40.0, reason=emulated),
+                     row("b.tflite", 80.8, 35.0, reason=emulated)])
+    text = "\n".join(recommendation_markdown(rec))
+    assert rec.best is None and rec.emulated == 2
+    assert "2 measured rows ran under an emulator" in text
+    assert "accuracy not measured" not in text
+
+
+def test_pipeline_limits_fall_back_on_the_bench_tables_and_both_configs_share_them():
+    from kdpipe.bench.config import BenchConfig
+    from kdpipe.pipeline import PipelineConfig
+    from kdpipe.report.recommend import ShipLimits
+
+    config = PipelineConfig(max_latency_ms=0.5, bench=BenchConfig(min_top1=80.0, max_latency_ms=9))
+    assert config.constraints() == Constraints(min_top1=80.0, max_latency_ms=0.5)
+    assert BenchConfig(max_size_mb=1.0).constraints() == Constraints(max_size_mb=1.0)
+    names = {f.name for f in dataclasses.fields(ShipLimits)}
+    for cls in (BenchConfig, PipelineConfig):
+        assert names <= {f.name for f in dataclasses.fields(cls)}

@@ -119,6 +119,12 @@ def test_latency_only_by_default_and_local_only_runtimes_are_skipped(tiny, sshd,
     assert rows["onnxruntime"].status == "ok" and rows["onnxruntime"].top1 is None
     assert any("latency only" in note for note in report.notes)
     assert rows["eager"].status == "skipped" and "only on the machine" in rows["eager"].reason
+    # the ONNX file gets no TensorRT rows: the device could never run them (the checkpoint, which
+    # nothing there runs, keeps its rows, each saying why)
+    assert [r.runtime.split("@")[0] for r in report.rows if r.format == "onnx"] == [
+        "onnxruntime"]
+    assert {r.runtime.split("@")[0] for r in report.rows if r.format == "checkpoint"} == {
+        "eager", "tensorrt"}
 
 
 def test_a_refused_connection_is_one_message_and_no_report(tiny, sshd, tmp_path):

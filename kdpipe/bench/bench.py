@@ -33,7 +33,6 @@ from kdpipe.errors import KdpipeError
 from kdpipe.models import check_fits_data
 from kdpipe.progress import progress_bar
 from kdpipe.report.bench_report import write_bench_report
-from kdpipe.report.recommend import Constraints
 from kdpipe.report.schema import BenchReport, BenchRow
 from kdpipe.runtime import Runtime, runtimes_for
 from kdpipe.runtime.artifact import Artifact, open_artifact
@@ -48,8 +47,6 @@ def run_bench(paths: Sequence[str | Path],
         raise KdpipeError("nothing to bench: pass one or more artifacts or checkpoints")
     import_modules(config.imports)  # before a checkpoint names a model they register
     artifacts = [open_artifact(p) for p in without_sidecars(paths)]
-    work = [(a, r) for a in artifacts for r in runtimes_for(a, config.runtimes or None)]
-    unrun = [a for a in artifacts if not any(a is w for w, _ in work)]
     images = load_test_images(config, artifacts) if _wants_images(config) else None
     plan = Plan(threads=config.threads or default_threads(),
                 batch_sizes=tuple(dict.fromkeys(config.batch_sizes)), warmup=config.warmup,
@@ -57,6 +54,8 @@ def run_bench(paths: Sequence[str | Path],
                 time_budget_s=config.time_budget_s, min_time_s=config.min_time_s,
                 memory=config.memory, images=images, imports=tuple(config.imports))
     with _torch_threads_restored(), open_device(config.device, _device_options(config)) as device:
+        work = [(a, r) for a in artifacts for r in chosen_runtimes(a, config, device)]
+        unrun = [a for a in artifacts if not any(a is w for w, _ in work)]
         device.prepare(work)
         rows, notes = bench_all(device, work, plan, config.progress)
         rows += [row for a in unrun for row in _no_runtime_rows(a, config, plan)]
@@ -71,13 +70,17 @@ def run_bench(paths: Sequence[str | Path],
             rows=rows,
             created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
-    return report, write_bench_report(report, config.out, constraints(config))
+    return report, write_bench_report(report, config.out, config.constraints())
 
 
-def constraints(config: BenchConfig) -> Constraints:
-    """The user's limits on what the report recommends."""
-    return Constraints(min_top1=config.min_top1, max_latency_ms=config.max_latency_ms,
-                       max_size_mb=config.max_size_mb)
+def chosen_runtimes(artifact: Artifact, config: BenchConfig, device: Device) -> list[Runtime]:
+    """The runtimes named by `--runtimes`, else every runtime of the file's format that runs on
+    the device: a phone over ssh gets no TensorRT or OpenVINO rows it could never run. A file
+    that no runtime on the device runs keeps them all, so its rows say why each was skipped."""
+    every = runtimes_for(artifact, config.runtimes or None)
+    if config.runtimes:
+        return every
+    return [r for r in every if device.runs(r)] or every
 
 
 def without_sidecars(paths: Sequence[str | Path]) -> list[Path]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from kdpipe.config import IMPORT_HELP, option
 from kdpipe.errors import KdpipeError
+from kdpipe.report.recommend import ShipLimits
 from kdpipe.runtime.latency import (
     DEFAULT_ITERS,
     DEFAULT_MIN_TIME_S,
@@ -19,8 +20,9 @@ from kdpipe.runtime.latency import (
 
 
 @dataclass
-class BenchConfig:
-    """Everything that decides a bench. Flags of `kdpipe bench` and config files fill it alike."""
+class BenchConfig(ShipLimits):
+    """Everything that decides a bench. Flags of `kdpipe bench` and config files fill it alike;
+    the limits on what the report recommends come from `ShipLimits`."""
 
     # what to measure
     batch_sizes: list[int] = option(help="comma-separated batch sizes to time, e.g. 1,32",
@@ -61,13 +63,6 @@ class BenchConfig:
                                   "[default: latency only]")
     connect_timeout_s: int = option(10, "ssh connect timeout in seconds")
     remote_timeout_s: float = option(1800.0, "limit for one command on the ssh:// device, seconds")
-    # what to ship: the report recommends the most accurate file within these (None: no limit)
-    min_top1: float | None = option(None, "recommend only files of at least this top-1 (%)",
-                                    result=False)
-    max_latency_ms: float | None = option(None, "recommend only files whose batch-1 p50 is at "
-                                          "most this many milliseconds", result=False)
-    max_size_mb: float | None = option(None, "recommend only files of at most this size in MiB "
-                                       "(2**20 bytes)", result=False)
     # output
     out: str = option("runs/bench", "folder for bench.md, bench.json and bench.png",
                       result=False)

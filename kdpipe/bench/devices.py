@@ -76,6 +76,8 @@ class Device(Protocol):
 
     def runtime_label(self, runtime: Runtime) -> str: ...
 
+    def runs(self, runtime: Runtime) -> bool: ...
+
     def versions(self, runtimes: list[Runtime]) -> dict[str, str | None]: ...
 
     def prepare(self, work: list[tuple[Artifact, Runtime]]) -> None: ...
@@ -130,6 +132,9 @@ class LocalDevice:
 
     def runtime_label(self, runtime: Runtime) -> str:
         return runtime.name
+
+    def runs(self, runtime: Runtime) -> bool:
+        return True
 
     def versions(self, runtimes: list[Runtime]) -> dict[str, str | None]:
         return {r.name: r.version() for r in runtimes}

@@ -188,6 +188,9 @@ class SshDevice:
     def runtime_label(self, runtime: Runtime) -> str:
         return f"{runtime.name}@{self.label}"
 
+    def runs(self, runtime: Runtime) -> bool:
+        return runtime.remote_backend is not None
+
     def versions(self, runtimes: list[Runtime]) -> dict[str, str | None]:
         packages = self.info.get("packages", {})
         return {self.runtime_label(r): packages.get(_module(r.remote_backend))

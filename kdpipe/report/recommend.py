@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kdpipe.config import option
 from kdpipe.report.schema import BenchRow
 
 LATENCY_TOLERANCE = 0.10  # relative: p50s within 10% count as equal (the protocol's noise)
@@ -43,6 +44,24 @@ class Constraints:
 
 
 @dataclass
+class ShipLimits:
+    """The limit options of `kdpipe bench` and `kdpipe pipeline` (both configs inherit them):
+    the report recommends the most accurate artifact within them. Report-only: no result or stage
+    hash depends on them."""
+
+    min_top1: float | None = option(None, "recommend only artifacts of at least this top-1 (%)",
+                                    result=False)
+    max_latency_ms: float | None = option(None, "recommend only artifacts whose batch-1 p50 is "
+                                          "at most this many milliseconds", result=False)
+    max_size_mb: float | None = option(None, "recommend only artifacts of at most this size in "
+                                       "MiB (2**20 bytes)", result=False)
+
+    def constraints(self) -> Constraints:
+        return Constraints(min_top1=self.min_top1, max_latency_ms=self.max_latency_ms,
+                           max_size_mb=self.max_size_mb)
+
+
+@dataclass
 class Recommendation:
     """`front`: runtime -> its Pareto-optimal rows by latency; `best`: the pick (None: nothing
     meets the limits, or nothing was measured); `others`: every other candidate with why not."""
@@ -52,13 +71,21 @@ class Recommendation:
     front: dict[str, list[BenchRow]] = field(default_factory=dict)
     best: BenchRow | None = None
     others: list[tuple[BenchRow, str]] = field(default_factory=list)
+    emulated: int = 0  # measured rows left out because an emulator timed them
+
+
+def measured(row: BenchRow) -> bool:
+    return row.status == "ok" and row.top1 is not None and row.p50_ms is not None
+
+
+def emulated(row: BenchRow) -> bool:
+    return "emulated" in row.reason
 
 
 def candidates(rows: Sequence[BenchRow]) -> tuple[list[BenchRow], int | None]:
     """Rows that can be compared: ok, with a top-1 and a p50, not emulated (an emulator's latency
     is no claim), at batch size 1 (else the smallest benched); and that batch size."""
-    usable = [r for r in rows if r.status == "ok" and r.top1 is not None
-              and r.p50_ms is not None and "emulated" not in r.reason]
+    usable = [r for r in rows if measured(r) and not emulated(r)]
     if not usable:
         return [], None
     batch = 1 if any(r.batch_size == 1 for r in usable) else min(r.batch_size for r in usable)
@@ -102,7 +129,8 @@ def recommend(rows: Sequence[BenchRow], constraints: Constraints | None = None) 
     """The Pareto front per runtime and the best row meeting `constraints` (see module doc)."""
     constraints = constraints or Constraints()
     usable, batch = candidates(rows)
-    rec = Recommendation(batch_size=batch, constraints=constraints)
+    rec = Recommendation(batch_size=batch, constraints=constraints,
+                         emulated=sum(measured(r) and emulated(r) for r in rows))
     for runtime in dict.fromkeys(r.runtime for r in usable):
         rec.front[runtime] = tolerant_front([r for r in usable if r.runtime == runtime])
     failing = {id(r): constraints.failures(r) for r in usable}
@@ -149,6 +177,11 @@ def _describe(row: BenchRow) -> str:
 def markdown(rec: Recommendation) -> list[str]:
     """The recommendation as Markdown lines (a `## Recommendation` section)."""
     lines = ["## Recommendation", ""]
+    if rec.batch_size is None and rec.emulated:
+        return [*lines, f"Nothing to recommend: the {rec.emulated} measured "
+                f"row{'s' if rec.emulated != 1 else ''} ran under an emulator (qemu), whose "
+                "latency says nothing about the real device; they show that the artifacts "
+                "load and agree there. Bench on the device itself to choose."]
     if rec.batch_size is None:
         return [*lines, "Nothing to recommend: no row has both a top-1 and a latency "
                 "(accuracy not measured, or nothing ran)."]

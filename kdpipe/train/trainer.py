@@ -182,7 +182,7 @@ class Trainer:
             channels_last=cfg.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            **({"num_workers": cfg.num_workers} if cfg.loader == "reference" else {}),
+            num_workers=cfg.num_workers,  # the reference loader's; the tensor loader has none
         )
         if len(self.loader) == 0:
             raise KdpipeError(

@@ -13,7 +13,9 @@ and int8 activations (S8S8). For each file, on the full JPEG test set:
 - top-1, and top-1 agreement with the FP32 ONNX model;
 - the kernel check: agreement of the optimized session (ONNX Runtime's integer kernels) with the
   same file run with graph optimizations off (QDQ computed in float): the saturation detector;
-- batch-1 p50 and batch-32 throughput (kdpipe's latency protocol, 2 threads, >= 1 s per row).
+- batch-1 p50 and batch-32 throughput (kdpipe's latency protocol, 2 threads, >= 1 s per row),
+  FP32 and every scheme in `--rounds` interleaved rounds: medians, and the ratio to the old
+  scheme measured side by side in each round (the median of those ratios).
 
 `--executorch` adds ExecuTorch rows, accuracy only (no latency): the FP32 and INT8 .pte files that
 `kdpipe.export` writes with its current scheme (INT8: PT2E + XNNPACK quantizer, symmetric
@@ -30,6 +32,7 @@ functional (which predictions change), never timings. Results: --out/summary.md 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import subprocess
@@ -64,7 +67,9 @@ ET_COLUMNS = [("artifact", "Artifact"), ("size_kib", "Size KiB"), ("top1", "Top-
 COLUMNS = [("scheme", "Scheme"), ("size_kib", "Size KiB"), ("top1", "Top-1 %"),
            ("agreement", "Agree w/ FP32 %"), ("kernel_agreement", "Kernels vs sim. %"),
            ("kernel_max_diff", "Kernels vs sim. max |d|"), ("p50_b1_ms", "b1 p50 ms"),
-           ("ips_b32", "b32 img/s")]
+           ("ips_b32", "b32 img/s"), ("b1_vs_before", "b1 p50 / before"),
+           ("b32_vs_before", "b32 img/s / before")]
+BEFORE = "U8S8 8-bit, min/max (kdpipe before)"
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, scheme: dict[str, Any]) -> None:
@@ -176,7 +181,7 @@ def executorch_rows(checkpoint: Path, dataset: Any, images_uint8: np.ndarray, la
 
 
 def onnx_rows(checkpoint: Path, dataset: Any, part: Any, images: np.ndarray, labels: np.ndarray,
-              out: Path) -> tuple[float, dict[str, Path], list[dict[str, Any]]]:
+              out: Path, rounds: int) -> tuple[float, dict[str, Path], list[dict[str, Any]]]:
     """(FP32 ONNX top-1, the INT8 files, one row per scheme of SCHEMES), latency included."""
     from kdpipe.export import export_checkpoint
 
@@ -188,22 +193,59 @@ def onnx_rows(checkpoint: Path, dataset: Any, part: Any, images: np.ndarray, lab
     for i, (name, scheme) in enumerate(SCHEMES.items()):
         files[name] = out / f"scheme{i}.int8.onnx"
         quantize(fp32_result.path, files[name], calibration, scheme)
-    rows = []
+    rows, sessions = [], {"FP32": session(fp32_result.path, True)}
     for name, path in files.items():
-        fast = session(path, True)
+        fast = sessions[name] = session(path, True)
         predicted = logits(fast, images).argmax(1)
         agree_kernels, max_diff = kernel_check(path, images)
-        run = (lambda s: lambda x: s.run(None, {"input": x}))(fast)
-        b1 = measure(run, images.shape[1:], 1, warmup=20, iters=100, min_time_s=1.0)
-        b32 = measure(run, images.shape[1:], 32, warmup=5, iters=50, min_time_s=1.0)
         rows.append({"scheme": name, "size_kib": round(path.stat().st_size / 1024, 1),
                      "top1": round(float(100 * (predicted == labels).mean()), 2),
                      "agreement": round(float(100 * (predicted == reference).mean()), 2),
                      "kernel_agreement": round(agree_kernels, 2),
-                     "kernel_max_diff": round(max_diff, 3),
-                     "p50_b1_ms": round(b1.p50_ms, 3), "ips_b32": round(b32.throughput_ips)})
+                     "kernel_max_diff": round(max_diff, 3)})
         print(rows[-1], flush=True)
+    timing = latency_rounds(sessions, images.shape[1:], rounds)
+    fp32_size = round(fp32_result.path.stat().st_size / 1024, 1)
+    rows.append({"scheme": "FP32 (reference)", "size_kib": fp32_size,
+                 "top1": round(float(100 * (reference == labels).mean()), 2),
+                 "agreement": 100.0})
+    for row in rows:
+        row.update(timing[row["scheme"] if row["scheme"] in timing else "FP32"])
     return round(float(100 * (reference == labels).mean()), 2), files, rows
+
+
+def run_once(s: Any, x: np.ndarray) -> Any:
+    return s.run(None, {"input": x})
+
+
+def latency_rounds(sessions: dict[str, Any], shape: tuple[int, ...],
+                   rounds: int) -> dict[str, dict[str, Any]]:
+    """Batch-1 p50 and batch-32 throughput of every session, in `rounds` interleaved rounds (all
+    sessions once per round), so a busy spell of the machine hits every scheme alike. Each row's
+    numbers are medians over rounds; its ratios to the old scheme are medians of the per-round
+    ratios, measured side by side."""
+    runs = {name: functools.partial(run_once, s) for name, s in sessions.items()}
+    b1: dict[str, list[float]] = {name: [] for name in runs}
+    b32: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            b1[name].append(measure(run, shape, 1, warmup=20, iters=100, min_time_s=1.0).p50_ms)
+            b32[name].append(measure(run, shape, 32, warmup=5, iters=50,
+                                     min_time_s=1.0).throughput_ips)
+        print(f"latency round {r + 1}/{rounds}: "
+              + ", ".join(f"{n[:12]} {b1[n][-1]:.3f} ms" for n in runs), flush=True)
+    out = {}
+    for name in runs:
+        out[name] = {"p50_b1_ms": round(float(np.median(b1[name])), 3),
+                     "ips_b32": round(float(np.median(b32[name]))),
+                     "p50_b1_rounds": [round(v, 3) for v in b1[name]],
+                     "ips_b32_rounds": [round(v) for v in b32[name]]}
+        if BEFORE in runs:
+            out[name]["b1_vs_before"] = round(float(np.median(
+                np.array(b1[name]) / np.array(b1[BEFORE]))), 2)
+            out[name]["b32_vs_before"] = round(float(np.median(
+                np.array(b32[name]) / np.array(b32[BEFORE]))), 2)
+    return out
 
 
 def main() -> None:
@@ -212,6 +254,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "int8-schemes")
     parser.add_argument("--limit-test", type=int, default=None, help="default: the full test set")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved latency rounds (medians reported) [default: 3]")
     parser.add_argument("--emulate-cpu", default=None, help="e.g. Haswell (AVX2, no VNNI)")
     parser.add_argument("--emulated-images", type=int, default=200)
     parser.add_argument("--executorch", action="store_true",
@@ -234,7 +278,7 @@ def main() -> None:
     if not args.skip_onnx:
         images = np.ascontiguousarray((part.test_images.float() / 255).numpy())
         fp32_top1, files, rows = onnx_rows(args.checkpoint, dataset, part, images, labels,
-                                           args.out)
+                                           args.out, args.rounds)
         lines += ["", f"ONNX: FP32 ONNX top-1 {fp32_top1}%.", "", markdown_table(rows, COLUMNS)]
         summary.update({"fp32_top1": fp32_top1, "rows": rows})
     if args.executorch:

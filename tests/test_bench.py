@@ -348,3 +348,11 @@ def test_a_sidecar_alone_is_still_refused(tiny, tmp_path):
     onnx = tiny["onnx"]
     assert without_sidecars([onnx, sidecar_path(onnx)]) == [onnx]
     assert without_sidecars([sidecar_path(onnx)]) == [sidecar_path(onnx)]
+
+
+def test_a_passive_openmp_wait_policy_is_named_in_the_report_notes():
+    from kdpipe.runtime.latency import environment_notes
+
+    assert environment_notes({}) == [] and environment_notes({"OMP_WAIT_POLICY": "ACTIVE"}) == []
+    (note,) = environment_notes({"OMP_WAIT_POLICY": " passive"})
+    assert "OMP_WAIT_POLICY=PASSIVE" in note and "unset it" in note

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from kdpipe.report.schema import BenchReport, BenchRow
 from kdpipe.runtime import Runtime, runtimes_for
 from kdpipe.runtime.artifact import Artifact, open_artifact
 from kdpipe.runtime.base import default_threads
-from kdpipe.runtime.latency import INPUT_SEED
+from kdpipe.runtime.latency import INPUT_SEED, environment_notes
 
 
 def run_bench(paths: Sequence[str | Path],
@@ -58,6 +59,8 @@ def run_bench(paths: Sequence[str | Path],
         unrun = [a for a in artifacts if not any(a is w for w, _ in work)]
         device.prepare(work)
         rows, notes = bench_all(device, work, plan, config.progress)
+        if config.device == "local":
+            notes += environment_notes(os.environ)
         rows += [row for a in unrun for row in _no_runtime_rows(a, config, plan)]
         report = BenchReport(
             device=config.device if config.device == "local" else device.label,

@@ -237,7 +237,14 @@ def _to_int8(path: Path, calibration: Calibration | None,
                 reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": CALIBRATION_PERCENTILE,
-                               **({"TensorQuantOverrides": overrides} if overrides else {})},
+                               **({"TensorQuantOverrides": overrides,
+                                   # ORT drops a Relu/Clip and lets the quantization of the tensor
+                                   # before it do the clamping. A learned range is the one the
+                                   # fake quantizer had: for ReLU6 (MobileNetV2), which XNNPACK's
+                                   # quantizer does not fuse into the conv, that range is the
+                                   # conv's, negatives included, so dropping the Clip would drop
+                                   # the clamp (top-1 19% instead of 78%). Keep them.
+                                   "QDQKeepRemovableActivations": True} if overrides else {})},
             )
         return onnx.load(str(out))
     finally:

@@ -20,7 +20,7 @@ for devices without kdpipe, and a test checks that the two agree.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,19 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput_ips: float
+
+
+def environment_notes(environ: Mapping[str, str]) -> list[str]:
+    """Settings of this process's environment that bias the timings, in words."""
+    notes = []
+    if environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        # Measured side by side (benchmarks/RESULTS.md): ResNet20 batch-1 p50 in ncnn 8-11 ms
+        # with it, 0.8-2 ms without; eager 1.7-2.7x slower. ONNX Runtime, XNNPACK and OpenVINO
+        # have their own thread pools.
+        notes.append("OMP_WAIT_POLICY=PASSIVE is set: OpenMP threads (PyTorch eager and "
+                     "TorchScript, ncnn) sleep between calls and wake up slowly, so those rows "
+                     "time several times slower than they run; unset it to compare runtimes")
+    return notes
 
 
 def summarize(durations_ns: Sequence[int], batch_size: int) -> LatencyStats:

@@ -140,7 +140,9 @@ def main() -> None:
                "qat_fp32": score(after.get((target, "none")))}
         numbers = [row[k] for k in ("fp32", "int8_ptq", "int8_qat")]
         lost = numbers[0] - numbers[1] if all(isinstance(v, float) for v in numbers) else None
-        row["recovered"] = (round(100 * (numbers[2] - numbers[1]) / lost, 1) if lost else "-")
+        # Only a post-training loss can be recovered: none (or a gain) leaves nothing to share.
+        row["recovered"] = (round(100 * (numbers[2] - numbers[1]) / lost, 1)
+                            if lost is not None and lost > 0 else "-")
         rows.append(row)
         print(row, flush=True)
     lines = [f"# Quantization-aware distillation, {meta.model}, {len(labels)} test images", "",

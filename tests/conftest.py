@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,11 @@ def tiny_data():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep every test's image cache away from the user's ~/.cache, shared per session."""
     monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "kdpipe-cache"))
+
+
+def fresh_python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter (nothing imported yet: import-time checks); it must
+    succeed, else the test fails with its stderr."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return done

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 import warnings
@@ -27,7 +26,7 @@ from kdpipe.report.plot import Point, pareto_front
 from kdpipe.report.schema import SCHEMA_VERSION, load_bench_report
 from kdpipe.runtime import latency
 
-from .conftest import synthetic_dataset
+from .conftest import fresh_python, synthetic_dataset
 
 runner = CliRunner()
 MODEL = "plaincnn_student"  # the smallest registered model (0.07M parameters)
@@ -308,7 +307,7 @@ def test_optional_runtimes_are_not_imported_with_kdpipe_deploy():
     code = ("import sys, kdpipe.deploy, kdpipe.bench.bench, kdpipe.runtime; "
             "print([m for m in ('executorch', 'coremltools', 'tensorrt', 'torch_tensorrt') "
             "if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = fresh_python(code)
     assert done.stdout.strip() == "[]"
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from kdpipe.cli import app
+
+from .conftest import fresh_python
 
 runner = CliRunner()
 COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
@@ -75,8 +75,7 @@ def test_help_imports_neither_torch_nor_the_optional_exporters():
             "                     'matplotlib') if m in sys.modules]\n"
             "assert not heavy, heavy\n"
             "import kdpipe.train.config, kdpipe.export.config, kdpipe.bench.config\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    fresh_python(code)
 
 
 def test_stage_configs_import_without_torch():
@@ -85,8 +84,7 @@ def test_stage_configs_import_without_torch():
             "import kdpipe.train, kdpipe.train.config, kdpipe.export.config, kdpipe.bench.config\n"
             "import kdpipe.cliutil, kdpipe.quiet\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    fresh_python(code)
 
 
 def test_deploy_without_an_out_folder_says_how_to_give_one(tmp_path):

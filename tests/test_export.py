@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
 import tarfile
 import warnings
 from dataclasses import replace
@@ -44,7 +42,13 @@ from kdpipe.models import CheckpointMeta, create, load_checkpoint, save_checkpoi
 from kdpipe.models.cifar import CIFAR10_CLASSES, ZOO_MEAN, ZOO_STD
 from kdpipe.runinfo import cpu_isa
 
-from .conftest import SHARED_TARBALL, SHARED_WEIGHTS, synthetic_dataset, write_image_folder
+from .conftest import (
+    SHARED_TARBALL,
+    SHARED_WEIGHTS,
+    fresh_python,
+    synthetic_dataset,
+    write_image_folder,
+)
 
 runner = CliRunner()
 PRETRAINED = SHARED_WEIGHTS / "resnet20-12fca82f.th"
@@ -175,8 +179,7 @@ def test_import_needs_no_optional_package_and_metadata_no_torch():
             "import kdpipe.export.targets, kdpipe.export.api\n"
             "heavy = [m for m in ('executorch', 'coremltools') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    fresh_python(code)
 
 
 def test_batch_variant_names():
@@ -561,9 +564,7 @@ def test_cli_exports_torchscript_that_loads_with_torch_alone(random_checkpoint, 
             "y = m(torch.rand(5, 3, 32, 32))\n"
             "assert 'kdpipe' not in sys.modules\n"
             "print(tuple(y.shape), json.loads(extra['kdpipe.json'])['classes'][0])\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    done = fresh_python(code, cwd=tmp_path)
     assert done.stdout.split() == ["(5,", "10)", "airplane"]
 
 

@@ -140,23 +140,29 @@ def load_executorch(path, threads):
 
 def load_litert(path, threads):
     """LiteRT's Interpreter (XNNPACK by default). kdpipe's .tflite files have a static batch:
-    bench runs only their own batch size, and resizing their input would compute garbage."""
+    bench runs only their own batch size, and resizing their input would compute garbage. An
+    int8 file's input and output are int8 with a scale and zero point: the float images are
+    quantized and the logits dequantized around each call, as kdpipe.runtime.litert does."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
-    feed = interpreter.get_input_details()[0]["index"]
-    output = interpreter.get_output_details()[0]
-    fetch = output["index"]
-    scale, zero_point = output["quantization"]
-    quantized = np.dtype(output["dtype"]) != np.float32  # an int8 file's int8 logits
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    quantized_in = np.dtype(inp["dtype"]) != np.float32
+    quantized_out = np.dtype(out["dtype"]) != np.float32
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
 
     def run(x):
-        interpreter.set_tensor(feed, x)
+        if quantized_in:
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.rint(x / np.float32(in_scale)) + in_zero, info.min,
+                        info.max).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
-        out = interpreter.get_tensor(fetch)
-        return (out.astype(np.float32) - zero_point) * np.float32(scale) if quantized else out
+        y = interpreter.get_tensor(out["index"])
+        return (y.astype(np.float32) - out_zero) * np.float32(out_scale) if quantized_out else y
 
     return run
 

@@ -176,11 +176,9 @@ def litert_kotlin_snippet(artifact: Artifact) -> str:
     _, height, width = artifact.input_shape
     batch = artifact.batch_sizes[0] if artifact.batch_sizes else 1
     classes = len(artifact.classes)
-    output = (f"        // int8 logits (scale and zero point in getOutputTensor(0)"
-              ".quantizationParams()):\n        // the argmax needs no dequantization\n"
-              f"        val logits = Array(BATCH) {{ ByteArray({classes}) }}"
-              if artifact.quantization == "int8"
-              else f"        val logits = Array(BATCH) {{ FloatArray({classes}) }}")
+    int8 = artifact.quantization == "int8"
+    fill, output = (_KOTLIN_INT8_INPUT, _KOTLIN_INT8_OUTPUT) if int8 else (
+        _KOTLIN_FLOAT_INPUT, _KOTLIN_FLOAT_OUTPUT)
     return f'''// Classifies one image with {artifact.name} on Android with LiteRT (TF Lite).
 // Gradle: implementation("com.google.ai.edge.litert:litert:<version>")
 // Ship {artifact.name} and labels.txt as assets; pass the model memory-mapped, e.g.
@@ -188,7 +186,7 @@ def litert_kotlin_snippet(artifact: Artifact) -> str:
 import android.graphics.Bitmap
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
-import org.tensorflow.lite.Interpreter
+{"import kotlin.math.roundToInt" + chr(10) if int8 else ""}import org.tensorflow.lite.Interpreter
 
 private const val BATCH = {batch}
 private const val WIDTH = {width}
@@ -199,27 +197,50 @@ class Classifier(model: ByteBuffer, private val labels: List<String>, threads: I
     private val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(threads))
 
     fun classify(image: Bitmap): String {{
-        // RGB, resized to {width}x{height} (bilinear), scaled to [0, 1], NCHW float32: the model's
-        // input (its normalization is inside the model).
+        // RGB, resized to {width}x{height} (bilinear), scaled to [0, 1], NCHW: the model's input
+        // (its normalization is inside the model).
         val scaled = Bitmap.createScaledBitmap(image, WIDTH, HEIGHT, true)
         val pixels = IntArray(WIDTH * HEIGHT)
         scaled.getPixels(pixels, 0, WIDTH, 0, 0, WIDTH, HEIGHT)
-        val input = ByteBuffer.allocateDirect(4 * BATCH * 3 * pixels.size)
-            .order(ByteOrder.nativeOrder())
         // The file takes exactly BATCH images per call (its shape is static): the image fills
         // every slot, and the first output is its answer.
-        repeat(BATCH) {{
-            for (channel in 0 until 3) {{
-                for (p in pixels) input.putFloat(((p shr (16 - 8 * channel)) and 0xFF) / 255f)
-            }}
-        }}
+{fill}
         input.rewind()
-{output}
+{output.format(classes=classes)}
         interpreter.run(input, logits)
         return labels[logits[0].indices.maxBy {{ logits[0][it] }}]
     }}
 }}
 '''
+
+
+_KOTLIN_FLOAT_INPUT = """\
+        val input = ByteBuffer.allocateDirect(4 * BATCH * 3 * pixels.size)
+            .order(ByteOrder.nativeOrder())
+        repeat(BATCH) {
+            for (channel in 0 until 3) {
+                for (p in pixels) input.putFloat(((p shr (16 - 8 * channel)) and 0xFF) / 255f)
+            }
+        }"""
+_KOTLIN_INT8_INPUT = """\
+        // An int8 file: each [0, 1] value quantized with the input's own scale and zero point
+        // (a scale near 1/255 and zero point -128: close to the 8-bit value minus 128).
+        val q = interpreter.getInputTensor(0).quantizationParams()
+        val input = ByteBuffer.allocateDirect(BATCH * 3 * pixels.size)
+            .order(ByteOrder.nativeOrder())
+        repeat(BATCH) {
+            for (channel in 0 until 3) {
+                for (p in pixels) {
+                    val v = ((p shr (16 - 8 * channel)) and 0xFF) / 255f
+                    input.put((v / q.scale + q.zeroPoint).roundToInt().coerceIn(-128, 127).toByte())
+                }
+            }
+        }"""
+_KOTLIN_FLOAT_OUTPUT = "        val logits = Array(BATCH) {{ FloatArray({classes}) }}"
+_KOTLIN_INT8_OUTPUT = """\
+        // int8 logits (scale and zero point in getOutputTensor(0).quantizationParams()):
+        // the argmax needs no dequantization
+        val logits = Array(BATCH) {{ ByteArray({classes}) }}"""
 
 
 @SNIPPETS.register("litert")
@@ -234,6 +255,9 @@ def litert_snippets(artifact: Artifact) -> Snippets:
         "interpreter.allocate_tensors()  # XNNPACK, the CPU delegate, is applied by default\n"
         "inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]\n"
         f"{repeat}"
+        'if inp["dtype"] != np.float32:  # an int8 file: quantize x with its scale, zero point\n'
+        '    scale, zero_point = inp["quantization"]\n'
+        '    x = np.clip(np.rint(x / scale) + zero_point, -128, 127).astype(inp["dtype"])\n'
         'interpreter.set_tensor(inp["index"], x)\n'
         "interpreter.invoke()\n"
         'logits = interpreter.get_tensor(out["index"]).astype(np.float32)\n'

@@ -77,6 +77,7 @@ class Exported:
     input_name: str
     output_name: str
     max_batch_size: int | None = None
+    input_dtype: str = "float32"  # "int8": a fully quantized file (its scale in `details`)
     output_kind: OutputKind = "logits"
     label_output_name: str | None = None
     quantization_detail: str = ""
@@ -166,6 +167,7 @@ def with_io(meta: ArtifactMetadata, exported: Exported) -> ArtifactMetadata:
         meta,
         input_name=exported.input_name,
         output_name=exported.output_name,
+        input_dtype=exported.input_dtype,
         output_kind=exported.output_kind,
         label_output_name=exported.label_output_name,
         dynamic_batch=exported.batch_sizes is None,

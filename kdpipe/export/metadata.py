@@ -117,7 +117,10 @@ class ArtifactMetadata:
     Input (normalization is folded into the model: feed RGB floats in [0, 1], no mean/std)
     - `input_name`: the input's name where the format names inputs (ONNX, Core ML); TorchScript
       and ExecuTorch take it positionally. `input_dtype` ("float32"), `input_layout` ("NCHW"),
-      `color_order` ("RGB"), `input_range` ([0.0, 1.0]).
+      `color_order` ("RGB"), `input_range` ([0.0, 1.0]). A LiteRT int8 file is the exception:
+      its input tensor is "int8", and `details["input_quantization"]` ({"dtype", "scale",
+      "zero_point"}) says how to quantize those [0, 1] floats, `round(x / scale) + zero_point`;
+      `details["output_quantization"]` dequantizes its int8 logits the same way.
     - `input_shape`: one image, [C, H, W], e.g. [3, 32, 32].
     - `input_shape_batched`: the model's input with its batch dimension: ["batch", 3, 32, 32]
       when the batch is dynamic, else e.g. [32, 3, 32, 32].

@@ -5,9 +5,9 @@ operators) with `num_threads` threads, as an Android app's `Interpreter.Options(
 does. `kdpipe export` writes one file per batch size (its input shape is static), so the session
 runs other batch sizes in chunks of the file's own size: `resize_tensor_input` accepts a new
 batch on such a file and then computes garbage, because the batch is baked into its reshapes. An
-int8 file takes float32 input but returns its logits as int8 with a scale and zero point
-(litert-torch's PT2E lowering quantizes the last layer's output): the session dequantizes them,
-`(q - zero_point) * scale`.
+int8 file (ai-edge-quantizer's static recipe) has int8 input and output tensors, each with a scale
+and zero point: the session quantizes the float input, `round(x / scale) + zero_point`, and
+dequantizes the logits, `(q - zero_point) * scale`, so every file is called alike.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ class LiteRtSession:
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         self.input_index, self.output_index = inp["index"], out["index"]
         self.batch = int(inp["shape"][0])
-        scale, zero_point = out["quantization"]
-        quantized = np.dtype(out["dtype"]) != np.float32
-        self.scale, self.zero_point = (np.float32(scale), zero_point) if quantized else (None, 0)
+        self.quantize = _quantizer(inp)
+        self.dequantize = _dequantizer(out)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if len(x) == self.batch:
@@ -38,12 +37,28 @@ class LiteRtSession:
         return run_in_chunks(self._invoke, x, self.batch)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_index, x)
+        self.interpreter.set_tensor(self.input_index, self.quantize(x))
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output_index)  # a copy, safe past the next call
-        if self.scale is None:
-            return out
-        return (out.astype(np.float32) - np.float32(self.zero_point)) * self.scale
+        # get_tensor copies, so the result is safe past the next call
+        return self.dequantize(self.interpreter.get_tensor(self.output_index))
+
+
+def _quantizer(tensor: dict):
+    """float32 -> the tensor's own dtype: identity for a float input, else its affine map."""
+    dtype = np.dtype(tensor["dtype"])
+    if dtype == np.float32:
+        return lambda x: x
+    scale, zero_point = tensor["quantization"]
+    low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
+    return lambda x: np.clip(np.rint(x / np.float32(scale)) + zero_point, low, high).astype(dtype)
+
+
+def _dequantizer(tensor: dict):
+    """The tensor's dtype -> float32 logits."""
+    if np.dtype(tensor["dtype"]) == np.float32:
+        return lambda y: y
+    scale, zero_point = tensor["quantization"]
+    return lambda y: (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
 @RUNTIMES.register("litert")

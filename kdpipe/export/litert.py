@@ -1,9 +1,10 @@
 """LiteRT (TensorFlow Lite): one `.tflite` flat buffer per batch size, run by LiteRT's Interpreter.
 
 Converted by `litert_torch.convert` (torch.export -> MLIR -> TFLite flat buffer), which keeps the
-PyTorch layout: the input is float32 NCHW in [0, 1] with the normalization folded in, like every
-kdpipe artifact. Its input shape is static (litert-torch 0.10 fails to convert this graph with a
-dynamic batch dimension), so each requested batch size gets its own file (`batch_variant`).
+PyTorch layout: the input is NCHW in [0, 1] with the normalization folded in, like every kdpipe
+artifact (float32, except in int8 files: below). Its input shape is static (litert-torch 0.10
+fails to convert this graph with a dynamic batch dimension), so each requested batch size gets its
+own file (`batch_variant`).
 
 - fp16: ai-edge-quantizer's weight-only FLOAT_CASTING: float16 weights, dequantized by the
   runtime (XNNPACK keeps them fp16 where the CPU computes in fp16); float32 input and output.
@@ -14,7 +15,8 @@ dynamic batch dimension), so each requested batch size gets its own file (`batch
   `details`): an app quantizes the [0, 1] floats, `q = round(x / scale) + zero_point` (the
   calibrated input scale is near 1/255 with zero point -128, so q is close to an 8-bit pixel
   minus 128); argmax needs no dequantization of the logits (`kdpipe.runtime.litert` does both
-  conversions).
+  conversions). The recipe has no float-input variant: leaving the first operator unquantized
+  still gives an int8 graph input, followed by a DEQUANTIZE.
 
   Not litert-torch's own PT2E route (quantize in PyTorch, then lower with its `QuantConfig`):
   `benchmarks/litert_int8.py` measured its simulated graph at 98.1% top-1 agreement with FP32

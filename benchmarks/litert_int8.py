@@ -2,11 +2,12 @@
 
     python benchmarks/litert_int8.py --checkpoint runs/mobilenet-5ep/kd-T4-a0.9-s0/model.pt
 
-kdpipe's LiteRT INT8 export quantizes in PyTorch (PT2E with litert-torch's quantizer: int8
-per-channel weights, int8 activations from histogram observers, 512 calibration images) and
-lowers that graph with `litert_torch.convert`. On the MobileNetV2 x0.5 student its parity check
-fails (92.9% top-1 agreement with PyTorch, gate 97%), on ResNet20 it passes (98.3%). This script
-measures, on the same stratified test images, the top-1 agreement with the FP32 model of:
+kdpipe's LiteRT INT8 export first quantized in PyTorch (PT2E with litert-torch's quantizer:
+int8 per-channel weights, int8 activations from histogram observers, 512 calibration images) and
+lowered that graph with `litert_torch.convert`. On the MobileNetV2 x0.5 student its parity check
+failed (92.9% top-1 agreement with PyTorch, gate 97%), on ResNet20 it passed (98.3%); the export
+now uses (3) below (`kdpipe/export/litert.py`, which calibrates in calls of 64 images). This
+script measures, on the same stratified test images, the top-1 agreement with the FP32 model of:
 
 1. the PT2E graph itself, run in PyTorch (quantization simulated in float);
 2. its `.tflite` lowering, in LiteRT's Interpreter with XNNPACK and with the built-in kernels;
@@ -47,7 +48,7 @@ def folded_model(checkpoint: Path) -> torch.nn.Module:
 
 
 def pt2e_graph(model: torch.nn.Module, calibration: torch.Tensor) -> tuple[Any, Any]:
-    """The export's INT8 path up to the lowering (kdpipe.export.litert._int8)."""
+    """Session 7's export INT8 path up to the lowering (litert-torch's PT2E quantizer)."""
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,

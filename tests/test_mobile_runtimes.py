@@ -144,9 +144,9 @@ def test_litert_writes_one_static_file_per_batch_size(exported):
 
 
 def test_a_litert_int8_file_takes_int8_input_and_its_sidecar_says_how_to_quantize(exported):
+    results = _results(exported, "litert", "int8")  # skips without kdpipe[litert]
     from ai_edge_litert.interpreter import Interpreter
 
-    results = _results(exported, "litert", "int8")
     x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
     for result in results:
         meta = read_metadata(result.path)

@@ -246,6 +246,21 @@ def test_shipped_configs_parse(name, cells):
         assert base.teacher_checkpoint.endswith("resnet110-cifar10jpeg.th")
 
 
+@pytest.mark.parametrize("name, epochs, methods", [
+    ("resnet-methods", 15, ["dkd", "dist", "lskd", "at", "kd", "scratch"]),
+    ("resnet-60", 60, ["scratch", "dkd"])])
+def test_the_method_and_long_schedule_sweeps_share_the_resnet_protocol(name, epochs, methods):
+    expanded = expand(read_sweep(ROOT / "kdpipe" / "configs" / f"sweep-{name}.toml"), Path("out"))
+    assert [c.config.method for c in expanded] == methods
+    assert {(c.config.epochs, c.config.lr, c.config.batch_size, c.config.seed)
+            for c in expanded} == {(epochs, 0.1, 128, 0)}
+    dkd = next(c.config for c in expanded if c.config.method == "dkd")
+    # DKD's loss warm-up is the paper's 20 of 240 epochs, scaled to the schedule.
+    assert dkd.dkd_warmup_epochs == pytest.approx(epochs * 20 / 240)
+    assert (dkd.dkd_alpha, dkd.dkd_beta, dkd.temperature) == (1.0, 8.0, 4.0)
+
+
+
 def test_cells_reading_a_teacher_cache_wait_for_the_first_that_fills_it():
     from kdpipe.sweep import plan_work
 

@@ -12,6 +12,8 @@ dequantizes the logits, `(q - zero_point) * scale`, so every file is called alik
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from kdpipe.runtime.artifact import Artifact
@@ -43,7 +45,7 @@ class LiteRtSession:
         return self.dequantize(self.interpreter.get_tensor(self.output_index))
 
 
-def _quantizer(tensor: dict):
+def _quantizer(tensor: dict) -> Callable[[np.ndarray], np.ndarray]:
     """float32 -> the tensor's own dtype: identity for a float input, else its affine map."""
     dtype = np.dtype(tensor["dtype"])
     if dtype == np.float32:
@@ -53,7 +55,7 @@ def _quantizer(tensor: dict):
     return lambda x: np.clip(np.rint(x / np.float32(scale)) + zero_point, low, high).astype(dtype)
 
 
-def _dequantizer(tensor: dict):
+def _dequantizer(tensor: dict) -> Callable[[np.ndarray], np.ndarray]:
     """The tensor's dtype -> float32 logits."""
     if np.dtype(tensor["dtype"]) == np.float32:
         return lambda y: y

@@ -80,7 +80,10 @@ def distill_qat(args: argparse.Namespace, model: str) -> Path:
     out = args.out / "qat-run"
     config = DistillConfig(
         student=model, teacher_checkpoint=str(args.teacher), method=args.method,
-        epochs=args.epochs, lr=args.lr, warmup_epochs=0.0, batch_size=args.batch_size,
+        # No warm-up of the lr or of DKD's loss: both are for a student starting from random
+        # weights, and QAT starts from a trained one.
+        epochs=args.epochs, lr=args.lr, warmup_epochs=0.0, dkd_warmup_epochs=0.0,
+        batch_size=args.batch_size,
         data=str(args.data), limit_train=args.limit_train, limit_test=args.limit_test,
         qat=True, init_checkpoint=str(args.student), out=str(out), progress=False)
     distill(config, resume=(out / "last.pt").exists())

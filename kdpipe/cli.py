@@ -79,8 +79,8 @@ def distill(
     For INT8 phones, continue a trained student for a few fake-quantized epochs
     (quantization-aware distillation), then export it with --quantize int8:
 
-        kdpipe distill ... --qat --init-checkpoint runs/kd/model.pt --epochs 2 \\
-            --lr 0.0005 --out runs/kd-qat
+        kdpipe distill ... --qat --init-checkpoint runs/kd/model.pt --epochs 1 \\
+            --lr 0.0001 --warmup-epochs 0 --out runs/kd-qat
     """
     from kdpipe.train.distill import distill as run_distill
 

@@ -58,7 +58,8 @@ def test_qat_without_init_checkpoint_is_refused_in_one_line(tmp_path):
 def test_distill_help_names_the_qat_options():
     result = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.output.replace("│", " ").split())  # help lines wrap in a box
-    assert "--qat" in text and "--init-checkpoint" in text and "--lr 0.0005" in text
+    assert "--qat" in text and "--init-checkpoint" in text and "--lr 0.0001" in text
+    assert "--dkd-warmup-epochs 0" in text  # a loss warm-up would mute DKD when fine-tuning
 
 
 def test_qat_without_its_libraries_is_refused(monkeypatch):

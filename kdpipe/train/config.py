@@ -174,7 +174,8 @@ class DistillConfig(TrainConfig):
     qat: bool = option(False, "quantization-aware distillation: train the student fake-quantized "
                        "as its INT8 export computes (int8 per-channel 7-bit weights, int8 "
                        "activations; frozen BN), from --init-checkpoint, for the last epochs: "
-                       "typically --epochs 2 --lr 0.0005 --warmup-epochs 0; `kdpipe export "
+                       "e.g. --epochs 1 --lr 0.0001 --warmup-epochs 0 (and --dkd-warmup-epochs 0 "
+                       "with dkd: warm-ups are for random weights); `kdpipe export "
                        "--quantize int8` then uses the learned ranges (needs kdpipe[executorch])")
     # Outputs are keyed by content (`TeacherCache`): a cache changes the speed, never a result.
     teacher_cache: str | None = option(None, "folder keeping the teacher's logits and embeddings "

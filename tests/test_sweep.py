@@ -260,7 +260,6 @@ def test_the_method_and_long_schedule_sweeps_share_the_resnet_protocol(name, epo
     assert (dkd.dkd_alpha, dkd.dkd_beta, dkd.temperature) == (1.0, 8.0, 4.0)
 
 
-
 def test_cells_reading_a_teacher_cache_wait_for_the_first_that_fills_it():
     from kdpipe.sweep import plan_work
 
